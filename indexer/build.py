@@ -1,0 +1,175 @@
+"""A build: catalog (or precomputed vectors) -> embeddings -> index -> published bundle."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import indexer
+from indexer import bundle as bundles
+from indexer.cache import EmbeddingCache
+from indexer.catalog import Catalog, CatalogConfig, Problem, _load_movies, empty_items, load_catalog
+from indexer.embedders import Embedder, EmbedderSpec
+from indexer.errors import BuildError
+from indexer.images import DEFAULT_MAX_PIXELS, DecodeConfig
+from indexer.index import IndexSpec, build_index, normalize
+from indexer.neighbours import DEFAULT_K, neighbour_table
+from indexer.pipeline import PipelineConfig, embed_files
+from indexer.precomputed import PrecomputedConfig, load_precomputed
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = Path("cache") / "embeddings.sqlite"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    index_root: Path
+    catalog: CatalogConfig | None = None
+    precomputed: PrecomputedConfig | None = None
+    embedder: EmbedderSpec = field(default_factory=EmbedderSpec)
+    index: IndexSpec = field(default_factory=IndexSpec)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    neighbours_k: int = DEFAULT_K  # 0 disables the precomputed neighbour table
+    keep_builds: int = bundles.DEFAULT_KEEP_BUILDS
+    use_cache: bool = True
+    cache_path: Path | None = None  # default: <index_root>/cache/embeddings.sqlite
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class BuildReport:
+    build_id: str
+    path: Path
+    item_count: int
+    failure_count: int
+    from_cache: int
+    embedded: int
+    phases: dict[str, float]
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "indexer": indexer.__version__}
+    for dist in ("numpy", "pandas", "faiss-cpu", "tensorflow-cpu", "tensorflow", "keras", "pillow"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _embed_catalog(config: BuildConfig, catalog: Catalog, embedder: Embedder | None
+                   ) -> tuple[pd.DataFrame, np.ndarray, list[Problem], dict[str, Any], int, int]:
+    embedder = embedder or Embedder(config.embedder)
+    if embedder.spec != config.embedder:
+        raise BuildError(f"embedder spec mismatch: config {config.embedder}, embedder {embedder.spec}")
+    decode = DecodeConfig(size=embedder.input_size, resize=embedder.spec.resize, max_pixels=config.max_pixels)
+    paths = catalog.poster_paths()
+    cache = None
+    if config.use_cache:
+        cache = EmbeddingCache(config.cache_path or config.index_root / CACHE_FILE, embedder.fingerprint, embedder.dim)
+    try:
+        outcome = embed_files(paths, embedder.embed, decode, config.pipeline, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+    problems = list(catalog.problems)
+    items = catalog.items
+    for pos, reason in sorted(outcome.failures.items()):
+        problems.append(Problem(int(items["item_id"].iat[pos]), items["poster"].iat[pos], "decode", reason))
+    ok = np.array(sorted(outcome.vectors), dtype=np.int64)
+    vectors = np.stack([outcome.vectors[p] for p in ok]) if len(ok) else np.zeros((0, embedder.dim), np.float32)
+    rate = outcome.embedded / outcome.seconds if outcome.seconds else 0.0
+    log.info("embedded %d, from cache %d, failed %d in %.1fs (%.1f img/s)",
+             outcome.embedded, outcome.from_cache, len(outcome.failures), outcome.seconds, rate)
+    model_info = {"model": embedder.spec.model, "embedder": embedder.describe()}
+    return items.iloc[ok].reset_index(drop=True), vectors, problems, model_info, outcome.from_cache, outcome.embedded
+
+
+def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, list[Problem], dict[str, Any]]:
+    assert config.precomputed is not None
+    ids, vectors, problems = load_precomputed(config.precomputed)
+    items = empty_items()
+    if config.catalog is not None and config.catalog.movies_csv is not None:
+        items = _load_movies(config.catalog, problems).assign(poster="")
+    meta = pd.DataFrame({"item_id": ids}).merge(items, on="item_id", how="left")
+    meta = meta.assign(title=meta["title"].fillna(""), genres=meta["genres"].fillna(""),
+                       poster=meta["poster"].fillna(""))
+    return meta, vectors, problems, {"model": config.precomputed.model_name, "embedder": None}
+
+
+def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
+    """Run a build and publish it atomically. On any error CURRENT is unchanged."""
+    if (config.catalog is None) == (config.precomputed is None) and config.precomputed is None:
+        raise BuildError("a build needs a catalog (posters) or precomputed embeddings")
+    started = dt.datetime.now(dt.timezone.utc)
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    root = config.index_root
+    with bundles.build_lock(root):
+        bundles.remove_stale_staging(root)
+        from_cache = embedded = 0
+        if config.precomputed is not None:
+            items, vectors, problems, model_info = _load_precomputed(config)
+            phases["load"] = time.perf_counter() - t0
+        else:
+            assert config.catalog is not None
+            catalog = load_catalog(config.catalog)
+            phases["catalog"] = time.perf_counter() - t0
+            t = time.perf_counter()
+            items, vectors, problems, model_info, from_cache, embedded = _embed_catalog(config, catalog, embedder)
+            phases["embed"] = time.perf_counter() - t
+        vectors, ok = normalize(vectors)
+        for pos in np.flatnonzero(~ok):
+            problems.append(Problem(int(items["item_id"].iat[pos]), str(items["poster"].iat[pos]), "embed",
+                                    "embedding is zero or not finite; cannot be normalized"))
+        items, vectors = items[ok].reset_index(drop=True), vectors[ok]
+        if len(items) == 0:
+            raise BuildError(f"nothing to index: 0 usable items ({len(problems)} problems); {root / bundles.CURRENT} unchanged")
+        ids = items["item_id"].to_numpy(np.int64)
+        t = time.perf_counter()
+        built = build_index(vectors, ids, config.index)
+        phases["index"] = time.perf_counter() - t
+        nids = nscores = None
+        if config.neighbours_k > 0:
+            t = time.perf_counter()
+            nids, nscores = neighbour_table(vectors, ids, config.neighbours_k, progress=config.pipeline.progress)
+            phases["neighbours"] = time.perf_counter() - t
+        build_id = bundles.new_build_id(started)
+        manifest = {
+            **model_info,
+            "dim": int(vectors.shape[1]),
+            "metric": "inner_product",
+            "normalization": "l2",
+            "index": built.params,
+            "neighbours": {"k": int(nids.shape[1]) if nids is not None else 0, "exact": True},
+            "created_at": started.isoformat(),
+            "source": {
+                "catalog": {k: str(v) for k, v in asdict(config.catalog).items()} if config.catalog else None,
+                "precomputed": {k: str(v) for k, v in asdict(config.precomputed).items()} if config.precomputed else None,
+            },
+            "embedding_counts": {"from_cache": from_cache, "embedded": embedded},
+            "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
+            "versions": library_versions(),
+        }
+        t = time.perf_counter()
+        staging = bundles.write_staging(root, bundles.BundleContents(built.index, items, problems, manifest, nids, nscores),
+                                        build_id)
+        phases["write"] = time.perf_counter() - t
+        path = bundles.publish(root, staging, build_id)
+        removed = bundles.prune(root, config.keep_builds)
+        if removed:
+            log.info("pruned old builds: %s", ", ".join(removed))
+    phases["total"] = time.perf_counter() - t0
+    log.info("build %s: %d items, %d failures; phases %s", build_id, len(items), len(problems),
+             {k: round(v, 2) for k, v in phases.items()})
+    return BuildReport(build_id, path, len(items), len(problems), from_cache, embedded, phases)

@@ -1,0 +1,105 @@
+"""Decode any poster file into the model's square RGB input, or say why not.
+
+EXIF orientation is applied; every Pillow mode (P, L, LA, RGBA, CMYK, I;16, F, ...)
+becomes RGB with alpha composited on a neutral background; a pixel limit guards
+against decompression bombs before any pixel is decoded (Pillow's own guard stays
+on too); only well-known raster formats are opened.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from indexer.errors import ImageError, ImageTooLargeError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# ImageNet mean colour: after any model's preprocessing, padding is close to zero input.
+DEFAULT_BACKGROUND = (124, 116, 104)
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_SIXTEEN_BIT_SCALE = 257.0  # 65535 / 255
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How posters become model input."""
+
+    size: int  # the model's square input side, read from the embedder
+    resize: str = "pad"  # "pad" (letterbox, keeps the whole poster), "stretch", "center-crop"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND
+
+
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode == "I":
+        arr = np.asarray(im, dtype=np.float64)
+        scale = _SIXTEEN_BIT_SCALE if im.mode in _SIXTEEN_BIT_MODES or arr.max(initial=0) > 255 else 1.0
+        im = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.nan_to_num(np.asarray(im)), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("LA", "PA", "La", "RGBa"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        canvas = Image.new("RGB", im.size, background)
+        canvas.paste(im, mask=im.getchannel("A"))
+        return canvas
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _fit(im: Image.Image, size: int, policy: str, background: tuple[int, int, int]) -> Image.Image:
+    resample = Image.Resampling.BICUBIC
+    w, h = im.size
+    if policy == "stretch":
+        return im.resize((size, size), resample)
+    if policy == "center-crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), resample)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return im.crop((left, top, left + size, top + size))
+    if policy == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new("RGB", (size, size), background)
+        canvas.paste(im.resize((nw, nh), resample), ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    raise ValueError(f"resize policy expected pad, stretch or center-crop, got {policy!r}")
+
+
+def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
+    """Decode encoded image bytes to a ``(size, size, 3)`` uint8 array.
+
+    Raises ImageTooLargeError for inputs above the byte or pixel limits, and
+    ImageError with a readable reason for anything that is not a usable image.
+    """
+    if len(data) == 0:
+        raise ImageError("empty file (0 bytes)")
+    if len(data) > config.max_bytes:
+        raise ImageTooLargeError(f"image is {len(data)} bytes, limit is {config.max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+            w, h = im.size
+            if w * h > config.max_pixels:
+                raise ImageTooLargeError(f"image is {w}x{h} = {w * h} pixels, limit is {config.max_pixels}")
+            if w < 1 or h < 1:
+                raise ImageError(f"image has no pixels ({w}x{h})")
+            im.draft("RGB", (config.size, config.size))  # JPEG: decode at reduced scale, much faster
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_rgb(im, config.background)
+            return np.asarray(_fit(rgb, config.size, config.resize, config.background), dtype=np.uint8)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"decompression bomb: {exc}") from exc
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"not a recognised image (allowed formats: {', '.join(ALLOWED_FORMATS)})") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on hostile input
+        raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
