@@ -151,6 +151,20 @@ class FindItemsResponse(_message.Message):
     bundle_version: str
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
 
+class GetItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, item_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetItemsResponse(_message.Message):
+    __slots__ = ("items", "bundle_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    bundle_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
+
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

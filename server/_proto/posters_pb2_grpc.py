@@ -66,6 +66,11 @@ class PosterSimilarityStub:
                 request_serializer=posters_dot_v1_dot_posters__pb2.FindItemsRequest.SerializeToString,
                 response_deserializer=posters_dot_v1_dot_posters__pb2.FindItemsResponse.FromString,
                 _registered_method=True)
+        self.GetItems = channel.unary_unary(
+                '/posters.v1.PosterSimilarity/GetItems',
+                request_serializer=posters_dot_v1_dot_posters__pb2.GetItemsRequest.SerializeToString,
+                response_deserializer=posters_dot_v1_dot_posters__pb2.GetItemsResponse.FromString,
+                _registered_method=True)
         self.GetIndexInfo = channel.unary_unary(
                 '/posters.v1.PosterSimilarity/GetIndexInfo',
                 request_serializer=posters_dot_v1_dot_posters__pb2.GetIndexInfoRequest.SerializeToString,
@@ -121,6 +126,13 @@ class PosterSimilarityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetItems(self, request, context):
+        """Catalog items by id (titles, genres, posters), e.g. to label a query.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetIndexInfo(self, request, context):
         """The loaded bundle's manifest and the server's serving state.
         """
@@ -160,6 +172,11 @@ def add_PosterSimilarityServicer_to_server(servicer, server):
                     servicer.FindItems,
                     request_deserializer=posters_dot_v1_dot_posters__pb2.FindItemsRequest.FromString,
                     response_serializer=posters_dot_v1_dot_posters__pb2.FindItemsResponse.SerializeToString,
+            ),
+            'GetItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItems,
+                    request_deserializer=posters_dot_v1_dot_posters__pb2.GetItemsRequest.FromString,
+                    response_serializer=posters_dot_v1_dot_posters__pb2.GetItemsResponse.SerializeToString,
             ),
             'GetIndexInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIndexInfo,
@@ -330,6 +347,33 @@ class PosterSimilarity:
             '/posters.v1.PosterSimilarity/FindItems',
             posters_dot_v1_dot_posters__pb2.FindItemsRequest.SerializeToString,
             posters_dot_v1_dot_posters__pb2.FindItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/posters.v1.PosterSimilarity/GetItems',
+            posters_dot_v1_dot_posters__pb2.GetItemsRequest.SerializeToString,
+            posters_dot_v1_dot_posters__pb2.GetItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

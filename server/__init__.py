@@ -1,0 +1,1 @@
+"""gRPC poster similarity service: searcher core, servicer, hot reload, client."""

@@ -1,0 +1,85 @@
+"""Assemble a gRPC server: servicer, interceptor, health, reflection, TLS."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.interceptors import ServiceInterceptor
+from server.metrics import Metrics
+from server.reloader import BundleManager
+from server.searcher import Searcher
+from server.service import SERVICE_NAME, PosterSimilarityServicer, add_servicer
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # room for fields around the largest allowed image
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: clients must present a certificate signed by it (mTLS)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT  # 0: any free port (the bound port is returned)
+    workers: int = 8
+    tls: TlsConfig | None = None
+    token: str | None = None  # bearer token required on every PosterSimilarity call
+    access_log: bool = False
+
+
+def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]
+    if tls.client_ca is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(pair, root_certificates=tls.client_ca.read_bytes(),
+                                       require_client_auth=True)
+
+
+def create_server(manager: BundleManager, config: ServerConfig, metrics: Metrics | None = None,
+                  health_servicer: health.HealthServicer | None = None) -> tuple[grpc.Server, int]:
+    """Build (not start) the server and bind it; returns (server, bound port).
+
+    Health is NOT_SERVING until the manager has a bundle, then SERVING.
+    """
+    max_message = manager.limits.max_image_bytes + MESSAGE_OVERHEAD_BYTES
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+        interceptors=[ServiceInterceptor(SERVICE_NAME, config.token, metrics, config.access_log)],
+        options=[("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message),
+                 ("grpc.so_reuseport", 0)],
+    )
+    add_servicer(PosterSimilarityServicer(manager), server)
+    health_servicer = health_servicer or health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    def on_bundle(searcher: Searcher) -> None:
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if metrics is not None:
+            metrics.on_bundle(searcher)
+
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    manager.add_listener(on_bundle)
+    if manager.current is not None:
+        on_bundle(manager.current)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    if config.tls is not None:
+        port = server.add_secure_port(address, _credentials(config.tls))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port

@@ -1,0 +1,108 @@
+"""Python client for the PosterSimilarity service (plain domain types in and out)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server import convert
+from server._proto import posters_pb2 as pb
+from server._proto import posters_pb2_grpc as pb_grpc
+from server.types import Item, Query, SearchOptions, SearchResult
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+class _BearerToken(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, context: Any, callback: Any) -> None:
+        callback((("authorization", f"Bearer {self._token}"),), None)
+
+
+class PosterClient:
+    """``with PosterClient("127.0.0.1:50051") as c: c.similar(1, SearchOptions(k=5))``.
+
+    Errors are ``grpc.RpcError`` with the server's status code and message.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, tls_ca: Path | None = None,
+                 client_cert: Path | None = None, client_key: Path | None = None, timeout: float = 30.0,
+                 server_name: str | None = None, max_message_bytes: int = 12 * 1024 * 1024) -> None:
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if tls_ca is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls_ca.read_bytes(),
+                private_key=client_key.read_bytes() if client_key else None,
+                certificate_chain=client_cert.read_bytes() if client_cert else None)
+            if token:
+                creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerToken(token)))
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+            if token:  # plaintext (loopback): send the token as ordinary metadata
+                self._metadata = (("authorization", f"Bearer {token}"),)
+        self._stub = pb_grpc.PosterSimilarityStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.timeout = timeout
+
+    def _call(self, rpc: Any, request: Any) -> Any:
+        return rpc(request, timeout=self.timeout, metadata=self._metadata)
+
+    def similar(self, item_id: int, options: SearchOptions = SearchOptions()) -> SearchResult:
+        req = pb.SimilarToItemRequest(item_id=item_id, options=convert.options_to_proto(options))
+        return convert.result_from_proto(self._call(self._stub.SimilarToItem, req))
+
+    def like(self, positive: Sequence[tuple[int, float]], negative: Sequence[tuple[int, float]] = (),
+             options: SearchOptions = SearchOptions()) -> SearchResult:
+        req = pb.SimilarToItemsRequest(positive=convert.weighted_to_proto(tuple(positive)),
+                                       negative=convert.weighted_to_proto(tuple(negative)),
+                                       options=convert.options_to_proto(options))
+        return convert.result_from_proto(self._call(self._stub.SimilarToItems, req))
+
+    def vector(self, vector: Sequence[float], options: SearchOptions = SearchOptions()) -> SearchResult:
+        req = pb.SearchByVectorRequest(vector=list(map(float, vector)), options=convert.options_to_proto(options))
+        return convert.result_from_proto(self._call(self._stub.SearchByVector, req))
+
+    def image(self, data: bytes, options: SearchOptions = SearchOptions()) -> SearchResult:
+        req = pb.SearchByImageRequest(image=data, options=convert.options_to_proto(options))
+        return convert.result_from_proto(self._call(self._stub.SearchByImage, req))
+
+    def batch(self, queries: Sequence[Query]) -> list[SearchResult]:
+        req = pb.BatchSearchRequest(queries=[convert.query_to_proto(q) for q in queries])
+        return [convert.result_from_proto(r) for r in self._call(self._stub.BatchSearch, req).results]
+
+    def find(self, text: str, limit: int = 0) -> list[Item]:
+        resp = self._call(self._stub.FindItems, pb.FindItemsRequest(query=text, limit=limit))
+        return [convert.item_from_proto(i) for i in resp.items]
+
+    def items(self, item_ids: Sequence[int]) -> list[Item]:
+        resp = self._call(self._stub.GetItems, pb.GetItemsRequest(item_ids=list(item_ids)))
+        return [convert.item_from_proto(i) for i in resp.items]
+
+    def info(self) -> dict[str, Any]:
+        info = self._call(self._stub.GetIndexInfo, pb.GetIndexInfoRequest())
+        out = {f.name: getattr(info, f.name) for f in info.DESCRIPTOR.fields if f.name != "manifest_json"}
+        out["manifest"] = json.loads(info.manifest_json) if info.manifest_json else {}
+        return out
+
+    def health(self, service: str = "") -> str:
+        resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "PosterClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

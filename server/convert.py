@@ -1,0 +1,119 @@
+"""Conversion between protobuf messages and the domain types. The only module
+besides the servicer registration and the client that touches generated code."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from server._proto import posters_pb2 as pb
+from server.errors import InvalidArgument
+from server.types import (Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult,
+                          VectorQuery)
+
+DEFAULT_WEIGHT = 1.0
+
+
+# ---- requests: proto -> domain (server side) ------------------------------
+def options_from_proto(o: pb.SearchOptions) -> SearchOptions:
+    return SearchOptions(
+        k=o.k,
+        candidate_ids=tuple(o.candidate_ids),
+        exclude_ids=tuple(o.exclude_ids),
+        min_score=o.min_score if o.HasField("min_score") else None,
+        nprobe=o.nprobe,
+        exact=o.exact,
+    )
+
+
+def _weighted(items: Any) -> tuple[tuple[int, float], ...]:
+    return tuple((w.item_id, w.weight if w.HasField("weight") else DEFAULT_WEIGHT) for w in items)
+
+
+def item_query(req: pb.SimilarToItemRequest) -> ItemQuery:
+    return ItemQuery(req.item_id, options_from_proto(req.options))
+
+
+def items_query(req: pb.SimilarToItemsRequest) -> ItemsQuery:
+    return ItemsQuery(_weighted(req.positive), _weighted(req.negative), options_from_proto(req.options))
+
+
+def vector_query(req: pb.SearchByVectorRequest) -> VectorQuery:
+    return VectorQuery(req.vector, options_from_proto(req.options))
+
+
+def image_query(req: pb.SearchByImageRequest) -> ImageQuery:
+    return ImageQuery(req.image, options_from_proto(req.options))
+
+
+def query_from_proto(q: pb.Query, position: int) -> Query:
+    kind = q.WhichOneof("query")
+    if kind == "item":
+        return item_query(q.item)
+    if kind == "items":
+        return items_query(q.items)
+    if kind == "vector":
+        return vector_query(q.vector)
+    if kind == "image":
+        return image_query(q.image)
+    raise InvalidArgument(f"query {position}: expected one of item, items, vector, image; got none set")
+
+
+# ---- responses: domain -> proto (server side) -----------------------------
+def item_to_proto(item: Item) -> pb.Item:
+    return pb.Item(item_id=item.item_id, title=item.title, genres=item.genres, poster=item.poster,
+                   imdb_id=item.imdb_id, tmdb_id=item.tmdb_id)
+
+
+def result_to_proto(result: SearchResult) -> pb.SearchResponse:
+    return pb.SearchResponse(
+        neighbors=[pb.Neighbor(item_id=h.item.item_id, score=h.score, title=h.item.title, genres=h.item.genres,
+                               poster=h.item.poster, imdb_id=h.item.imdb_id, tmdb_id=h.item.tmdb_id)
+                   for h in result.hits],
+        bundle_version=result.bundle_version,
+        exact=result.exact,
+    )
+
+
+def info_to_proto(info: dict[str, Any], limits: Any, manifest: dict[str, Any]) -> pb.IndexInfo:
+    return pb.IndexInfo(
+        **info,
+        max_k=limits.max_k,
+        max_batch=limits.max_batch,
+        max_image_bytes=limits.max_image_bytes,
+        max_image_pixels=limits.max_image_pixels,
+        manifest_json=json.dumps(manifest, sort_keys=True),
+    )
+
+
+# ---- client side ------------------------------------------------------------
+def options_to_proto(o: SearchOptions) -> pb.SearchOptions:
+    msg = pb.SearchOptions(k=o.k, candidate_ids=o.candidate_ids, exclude_ids=o.exclude_ids, nprobe=o.nprobe,
+                           exact=o.exact)
+    if o.min_score is not None:
+        msg.min_score = o.min_score
+    return msg
+
+
+def weighted_to_proto(items: tuple[tuple[int, float], ...]) -> list[pb.WeightedItem]:
+    return [pb.WeightedItem(item_id=i, weight=w) for i, w in items]
+
+
+def query_to_proto(q: Query) -> pb.Query:
+    if isinstance(q, ItemQuery):
+        return pb.Query(item=pb.SimilarToItemRequest(item_id=q.item_id, options=options_to_proto(q.options)))
+    if isinstance(q, ItemsQuery):
+        return pb.Query(items=pb.SimilarToItemsRequest(positive=weighted_to_proto(q.positive),
+                                                       negative=weighted_to_proto(q.negative),
+                                                       options=options_to_proto(q.options)))
+    if isinstance(q, VectorQuery):
+        return pb.Query(vector=pb.SearchByVectorRequest(vector=list(map(float, q.vector)),
+                                                        options=options_to_proto(q.options)))
+    return pb.Query(image=pb.SearchByImageRequest(image=q.data, options=options_to_proto(q.options)))
+
+
+def item_from_proto(m: Any) -> Item:
+    return Item(m.item_id, m.title, tuple(m.genres), m.poster, m.imdb_id, m.tmdb_id)
+
+
+def result_from_proto(r: pb.SearchResponse) -> SearchResult:
+    return SearchResult([Hit(item_from_proto(n), n.score) for n in r.neighbors], r.bundle_version, r.exact)

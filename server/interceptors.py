@@ -1,0 +1,91 @@
+"""One interceptor for the service's methods: request ids, bearer-token auth,
+domain error -> status mapping (the one place it happens), metrics, access log."""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from typing import Any, Callable
+
+import grpc
+
+from server.errors import (FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, SearchError,
+                           Unauthenticated, Unavailable)
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[SearchError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+}
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID_CHARS = 64
+
+
+def status_for(exc: SearchError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Wraps the unary methods under ``/<service>/``; other services (health, reflection) pass through."""
+
+    def __init__(self, service_name: str, token: str | None = None, metrics: Metrics | None = None,
+                 access_log: bool = False) -> None:
+        self._prefix = f"/{service_name}/"
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._metrics = metrics
+        self._access_log = access_log
+
+    def _check_auth(self, metadata: dict[str, str]) -> None:
+        if self._expected is None:
+            return
+        given = metadata.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._expected):
+            raise Unauthenticated("authorization metadata expected 'Bearer <token>' with the server's token"
+                                  + ("; got none" if not given else "; got a different token"))
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None or not details.method.startswith(self._prefix):
+            return handler
+        method = details.method[len(self._prefix):]
+        inner = handler.unary_unary
+
+        def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            request_id = metadata.get(REQUEST_ID_KEY, "")[:MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex[:16]
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            code = grpc.StatusCode.OK
+            try:
+                self._check_auth(metadata)
+                return inner(request, context)
+            except SearchError as exc:
+                code = status_for(exc)
+                if code is grpc.StatusCode.UNAVAILABLE:
+                    log.warning("%s unavailable: %s", method, exc, extra={"request_id": request_id})
+                context.abort(code, str(exc))
+            except Exception:  # noqa: BLE001 - never a traceback to the client; logged here with the request id
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", method, extra={"request_id": request_id})
+                context.abort(code, f"internal error (request id {request_id})")
+            finally:
+                elapsed = time.perf_counter() - started
+                if self._metrics is not None:
+                    self._metrics.observe(method, code.name, elapsed)
+                if self._access_log:
+                    log.info("%s %s %.2fms", method, code.name, elapsed * 1000,
+                             extra={"request_id": request_id, "method": method, "code": code.name,
+                                    "ms": round(elapsed * 1000, 3)})
+
+        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)

@@ -1,0 +1,40 @@
+"""Prometheus metrics: requests and latency by RPC and status, bundle version and size.
+
+Each server owns its registry (no process-global state); ``serve`` exposes it
+over HTTP on loopback when ``--metrics-port`` is given.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from server.searcher import Searcher
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter("posters_requests", "Requests by RPC and status code", ["method", "code"],
+                                registry=self.registry)
+        self.latency = Histogram("posters_request_seconds", "Request latency by RPC", ["method"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.bundle = Gauge("posters_bundle_info", "The serving bundle (value 1)", ["version", "model", "index_type"],
+                            registry=self.registry)
+        self.items = Gauge("posters_bundle_items", "Items in the serving bundle", registry=self.registry)
+        self.loaded_at = Gauge("posters_bundle_loaded_timestamp_seconds", "When the serving bundle was loaded",
+                               registry=self.registry)
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def on_bundle(self, searcher: Searcher) -> None:
+        self.bundle.clear()
+        info = searcher.info()
+        self.bundle.labels(info["bundle_version"], info["model"], info["index_type"]).set(1)
+        self.items.set(info["item_count"])
+        self.loaded_at.set(info["loaded_at"])
+
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,315 @@
+"""The search core: answers queries against one loaded bundle, in plain Python types.
+
+No gRPC here. Every input is validated before FAISS sees it (FAISS asserts
+without a message and pads missing results with id -1); errors are the typed
+exceptions of ``server.errors`` with messages saying expected vs got.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from indexer.bundle import Bundle
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from server.types import (Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult,
+                          VectorQuery)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    default_k: int = 10
+    max_k: int = 1000
+    max_batch: int = 256
+    max_ids: int = 10_000  # per id list (candidates, exclusions, positives, negatives)
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_query_chars: int = 256
+    default_find_limit: int = 20
+    max_find_limit: int = 1000
+
+
+class ImageEmbedder(Protocol):
+    """Embeds one encoded image exactly as the bundle's posters were embedded."""
+
+    def embed_image(self, data: bytes) -> np.ndarray: ...
+
+
+def _genres(value: str) -> tuple[str, ...]:
+    return tuple(g for g in str(value).split("|") if g)
+
+
+def _int_or_zero(value: Any) -> int:
+    return 0 if pd.isna(value) else int(value)
+
+
+class Searcher:
+    """Immutable view of one bundle; safe to share between request threads."""
+
+    def __init__(self, bundle: Bundle, limits: SearchLimits | None = None,
+                 image_embedder: ImageEmbedder | None = None, image_unavailable_reason: str = "",
+                 threads: int = 1) -> None:
+        self.limits = limits or SearchLimits()
+        self.version = bundle.version
+        self.manifest = bundle.manifest
+        self.index = bundle.index
+        self.dim = int(bundle.index.d)
+        ivf = faiss.try_extract_index_ivf(bundle.index) if not isinstance(bundle.index, faiss.IndexIDMap) else None
+        self.nlist = int(ivf.nlist) if ivf is not None else 0
+        self.default_nprobe = int(ivf.nprobe) if ivf is not None else 0
+        self.is_exact_index = ivf is None
+        self.threads = threads
+        self.loaded_at = time.time()
+        self.image_embedder = image_embedder
+        self.image_unavailable_reason = image_unavailable_reason
+        items = bundle.items
+        self.ids = items["item_id"].to_numpy(np.int64)
+        self._row = dict(zip(self.ids.tolist(), range(len(self.ids))))
+        self._items = [
+            Item(int(r.item_id), str(r.title), _genres(r.genres), str(r.poster),
+                 _int_or_zero(r.imdb_id), _int_or_zero(r.tmdb_id))
+            for r in items.itertuples(index=False)
+        ]
+        self._titles = [it.title.lower() for it in self._items]
+        self._table_ids = bundle.neighbour_ids
+        self._table_scores = bundle.neighbour_scores
+        self.table_k = 0 if bundle.neighbour_ids is None else int(bundle.neighbour_ids.shape[1])
+        self._tls = threading.local()
+
+    # ---- validation -------------------------------------------------------
+    @property
+    def item_count(self) -> int:
+        return len(self.ids)
+
+    def _k(self, options: SearchOptions) -> int:
+        k = options.k or self.limits.default_k
+        if k < 0 or k > self.limits.max_k:
+            raise InvalidArgument(f"k expected 1..{self.limits.max_k} (0 for the default {self.limits.default_k}), got {options.k}")
+        return k
+
+    def _row_of(self, item_id: int, what: str = "item") -> int:
+        row = self._row.get(int(item_id))
+        if row is None:
+            raise NotFound(f"{what} {item_id} is not in bundle {self.version} ({self.item_count} items)")
+        return row
+
+    def _check_ids(self, ids: Sequence[int], what: str) -> None:
+        if len(ids) > self.limits.max_ids:
+            raise InvalidArgument(f"{what} expected at most {self.limits.max_ids} ids, got {len(ids)}")
+
+    def _check_options(self, options: SearchOptions) -> int:
+        k = self._k(options)
+        self._check_ids(options.candidate_ids, "candidate_ids")
+        self._check_ids(options.exclude_ids, "exclude_ids")
+        if options.min_score is not None and not math.isfinite(options.min_score):
+            raise InvalidArgument(f"min_score expected a finite number, got {options.min_score}")
+        if options.nprobe < 0 or (self.nlist and options.nprobe > self.nlist):
+            limit = f"1..{self.nlist}" if self.nlist else "0 (flat index)"
+            raise InvalidArgument(f"nprobe expected 0 (bundle default) or {limit}, got {options.nprobe}")
+        return k
+
+    def _normalized(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if v.size != self.dim:
+            raise InvalidArgument(f"vector dimension expected {self.dim} (bundle {self.version}), got {v.size}")
+        if not np.isfinite(v).all():
+            raise InvalidArgument(f"vector values must be finite; got {int((~np.isfinite(v)).sum())} NaN/Inf values")
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:
+            raise InvalidArgument("vector must be non-zero (it is L2-normalized server-side)")
+        return np.ascontiguousarray((v / norm)[None, :], dtype=np.float32)
+
+    def _vector_of(self, item_id: int) -> np.ndarray:
+        self._row_of(item_id)
+        return self.index.reconstruct(int(item_id))
+
+    # ---- core -------------------------------------------------------------
+    def _ensure_threads(self) -> None:
+        # OpenMP thread counts are per calling thread: set once in each request thread.
+        if getattr(self._tls, "threads", None) != self.threads:
+            faiss.omp_set_num_threads(self.threads)
+            self._tls.threads = self.threads
+
+    def _hits(self, ids: Sequence[int], scores: Sequence[float], k: int, exclude: set[int],
+              min_score: float | None) -> list[Hit]:
+        hits: list[Hit] = []
+        for item_id, score in zip(ids, scores):
+            if item_id < 0 or item_id in exclude:
+                continue
+            if min_score is not None and score < min_score:
+                break  # sorted best first
+            hits.append(Hit(self._items[self._row[item_id]], float(score)))
+            if len(hits) == k:
+                break
+        return hits
+
+    def _rank_candidates(self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int]) -> SearchResult:
+        ids = np.array([c for c in dict.fromkeys(options.candidate_ids) if c not in exclude], dtype=np.int64)
+        for c in ids:
+            self._row_of(int(c), "candidate item")
+        if len(ids) == 0:
+            return SearchResult([], self.version, True)
+        vecs = np.vstack([self.index.reconstruct(int(c)) for c in ids])
+        scores = vecs @ q[0]
+        order = np.argsort(-scores, kind="stable")
+        return SearchResult(self._hits(ids[order].tolist(), scores[order].tolist(), k, set(), options.min_score),
+                            self.version, True)
+
+    def _search_params(self, options: SearchOptions) -> tuple[faiss.SearchParameters | None, bool]:
+        if self.is_exact_index:
+            return None, True
+        if options.exact:
+            return faiss.SearchParametersIVF(nprobe=self.nlist), True
+        nprobe = options.nprobe or self.default_nprobe
+        return faiss.SearchParametersIVF(nprobe=nprobe), nprobe >= self.nlist
+
+    def _search_many(self, queries: np.ndarray, options: SearchOptions, ks: list[int],
+                     excludes: list[set[int]]) -> list[SearchResult]:
+        """One FAISS call for queries that share search parameters."""
+        self._ensure_threads()
+        params, exact = self._search_params(options)
+        fetch = min(self.item_count, max(k + len(e) for k, e in zip(ks, excludes)))
+        scores, ids = self.index.search(queries, fetch, params=params)
+        return [SearchResult(self._hits(i.tolist(), s.tolist(), k, e, options.min_score), self.version, exact)
+                for i, s, k, e in zip(ids, scores, ks, excludes)]
+
+    def _search(self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int]) -> SearchResult:
+        exclude = exclude | set(options.exclude_ids)
+        if options.candidate_ids:
+            return self._rank_candidates(q, options, k, exclude)
+        return self._search_many(q, options, [k], [exclude])[0]
+
+    # ---- public queries ---------------------------------------------------
+    def similar_to_item(self, item_id: int, options: SearchOptions = SearchOptions()) -> SearchResult:
+        """The k items most like ``item_id`` (itself excluded by id)."""
+        k = self._check_options(options)
+        row = self._row_of(item_id)
+        if (self._table_ids is not None and k <= self.table_k and not options.candidate_ids
+                and not options.exclude_ids and not options.nprobe):
+            return SearchResult(self._hits(self._table_ids[row].tolist(), self._table_scores[row].tolist(), k,
+                                           set(), options.min_score), self.version, True)
+        return self._search(self._vector_of(item_id)[None, :], options, k, {int(item_id)})
+
+    def _weighted_sum(self, items: Sequence[tuple[int, float]], what: str) -> np.ndarray:
+        total = np.zeros(self.dim, np.float32)
+        for item_id, weight in items:
+            if not math.isfinite(weight) or weight <= 0:
+                raise InvalidArgument(f"{what} weight of item {item_id} expected > 0, got {weight}")
+            self._row_of(item_id, f"{what} item")
+            total += weight * self.index.reconstruct(int(item_id))
+        return total
+
+    def similar_to_items(self, positive: Sequence[tuple[int, float]], negative: Sequence[tuple[int, float]] = (),
+                         options: SearchOptions = SearchOptions()) -> SearchResult:
+        """Items like the weighted positives and unlike the negatives: normalize(sum w*v+ - sum w*v-)."""
+        k = self._check_options(options)
+        if not positive:
+            raise InvalidArgument("positive expected at least one item, got none")
+        self._check_ids(positive, "positive")
+        self._check_ids(negative, "negative")
+        q = self._weighted_sum(positive, "positive") - self._weighted_sum(negative, "negative")
+        if not np.isfinite(q).all() or float(np.linalg.norm(q)) < 1e-12:
+            raise InvalidArgument("the weighted query (positives minus negatives) is the zero vector")
+        exclude = {int(i) for i, _ in positive} | {int(i) for i, _ in negative}
+        return self._search(self._normalized(q), options, k, exclude)
+
+    def search_vector(self, vector: Sequence[float] | np.ndarray, options: SearchOptions = SearchOptions()) -> SearchResult:
+        k = self._check_options(options)
+        return self._search(self._normalized(vector), options, k, set())
+
+    def embed_image(self, data: bytes) -> np.ndarray:
+        if not data:
+            raise InvalidArgument("image expected non-empty encoded bytes, got 0 bytes")
+        if len(data) > self.limits.max_image_bytes:
+            raise ResourceExhausted(f"image expected at most {self.limits.max_image_bytes} bytes, got {len(data)}")
+        if self.image_embedder is None:
+            raise FailedPrecondition(f"image search is unavailable for bundle {self.version}: "
+                                     f"{self.image_unavailable_reason or 'no embedder'}")
+        return self.image_embedder.embed_image(data)
+
+    def search_image(self, data: bytes, options: SearchOptions = SearchOptions()) -> SearchResult:
+        k = self._check_options(options)
+        return self._search(self._normalized(self.embed_image(data)), options, k, set())
+
+    def search(self, query: Query) -> SearchResult:
+        if isinstance(query, ItemQuery):
+            return self.similar_to_item(query.item_id, query.options)
+        if isinstance(query, ItemsQuery):
+            return self.similar_to_items(query.positive, query.negative, query.options)
+        if isinstance(query, VectorQuery):
+            return self.search_vector(query.vector, query.options)
+        if isinstance(query, ImageQuery):
+            return self.search_image(query.data, query.options)
+        raise InvalidArgument(f"query expected item, items, vector or image, got {type(query).__name__}")
+
+    def batch(self, queries: Sequence[Query]) -> list[SearchResult]:
+        """Answer many queries; plain vector queries sharing options go through FAISS in one call."""
+        if not queries:
+            raise InvalidArgument("queries expected at least one, got none")
+        if len(queries) > self.limits.max_batch:
+            raise InvalidArgument(f"queries expected at most {self.limits.max_batch}, got {len(queries)}")
+        results: list[SearchResult | None] = [None] * len(queries)
+        groups: dict[SearchOptions, list[tuple[int, np.ndarray, int]]] = {}
+        for pos, query in enumerate(queries):
+            try:
+                if isinstance(query, VectorQuery) and not query.options.candidate_ids:
+                    k = self._check_options(query.options)
+                    groups.setdefault(query.options, []).append((pos, self._normalized(query.vector), k))
+                else:
+                    results[pos] = self.search(query)
+            except (InvalidArgument, NotFound, ResourceExhausted, FailedPrecondition) as exc:
+                raise type(exc)(f"query {pos}: {exc}") from exc
+        for options, members in groups.items():
+            excl = set(options.exclude_ids)
+            answers = self._search_many(np.vstack([m[1] for m in members]), options, [m[2] for m in members],
+                                        [excl] * len(members))
+            for (pos, _, _), answer in zip(members, answers):
+                results[pos] = answer
+        return [r for r in results if r is not None]
+
+    def find_items(self, text: str, limit: int = 0) -> list[Item]:
+        """Case-insensitive title substring search: exact, then prefix, then other matches."""
+        needle = text.strip().lower()
+        if not needle:
+            raise InvalidArgument("query expected a non-empty title fragment, got an empty string")
+        if len(needle) > self.limits.max_query_chars:
+            raise InvalidArgument(f"query expected at most {self.limits.max_query_chars} characters, got {len(needle)}")
+        limit = limit or self.limits.default_find_limit
+        if limit < 0 or limit > self.limits.max_find_limit:
+            raise InvalidArgument(f"limit expected 1..{self.limits.max_find_limit}, got {limit}")
+        exact, prefix, other = [], [], []
+        for row, title in enumerate(self._titles):
+            if needle in title:
+                bare = title.rsplit(" (", 1)[0]  # MovieLens titles end with " (year)"
+                (exact if needle in (title, bare) else prefix if title.startswith(needle) else other).append(row)
+        return [self._items[r] for r in (exact + prefix + other)[:limit]]
+
+    def get_items(self, item_ids: Sequence[int]) -> list[Item]:
+        if not item_ids:
+            raise InvalidArgument("item_ids expected at least one id, got none")
+        self._check_ids(item_ids, "item_ids")
+        return [self._items[self._row_of(i)] for i in item_ids]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "bundle_version": self.version,
+            "model": str(self.manifest.get("model", "")),
+            "dimension": self.dim,
+            "index_type": "flat" if self.is_exact_index else "ivf",
+            "item_count": self.item_count,
+            "failure_count": int(self.manifest.get("failure_count", 0)),
+            "default_nprobe": self.default_nprobe,
+            "neighbour_table_k": self.table_k,
+            "image_search": self.image_embedder is not None,
+            "loaded_at": self.loaded_at,
+        }
+
