@@ -40,9 +40,9 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if im.mode in _SIXTEEN_BIT_MODES or im.mode == "I":
         arr = np.asarray(im, dtype=np.float64)
         scale = _SIXTEEN_BIT_SCALE if im.mode in _SIXTEEN_BIT_MODES or arr.max(initial=0) > 255 else 1.0
-        im = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8))
     elif im.mode == "F":
-        im = Image.fromarray(np.clip(np.nan_to_num(np.asarray(im)), 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(np.clip(np.nan_to_num(np.asarray(im)), 0, 255).astype(np.uint8))
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in ("LA", "PA", "La", "RGBa"):
