@@ -16,6 +16,8 @@ from PIL import Image, ImageOps
 from indexer.errors import ImageError, ImageTooLargeError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+Image.init()  # register every plugin now, so the allow-list below is checked against all of them
+_OPEN_FORMATS = tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # ImageNet mean colour: after any model's preprocessing, padding is close to zero input.
 DEFAULT_BACKGROUND = (124, 116, 104)
@@ -85,7 +87,7 @@ def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
     if len(data) > config.max_bytes:
         raise ImageTooLargeError(f"image is {len(data)} bytes, limit is {config.max_bytes}")
     try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+        with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as im:
             w, h = im.size
             if w * h > config.max_pixels:
                 raise ImageTooLargeError(f"image is {w}x{h} = {w * h} pixels, limit is {config.max_pixels}")
