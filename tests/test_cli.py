@@ -1,0 +1,138 @@
+"""The command-line tools end to end: posters-serve as a process, posters-query, signals."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from PIL import Image
+
+from indexer import bundle as bundles
+from server.client import PosterClient
+from tests.conftest import DEMO_COUNT
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 120.0
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited early with {proc.returncode}"
+        if path.exists():
+            return path.read_text()
+        time.sleep(0.1)  # polling a file written by another process, bounded by the deadline
+    raise TimeoutError(path)
+
+
+@pytest.fixture()
+def server_process(tmp_path: Path, demo_root: Path) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(demo_root / "builds", root / "builds")
+    shutil.copy(demo_root / "CURRENT", root / "CURRENT")
+    port_file = tmp_path / "port"
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--index", str(root), "--port", "0",
+                             "--port-file", str(port_file), "--poll", "3600", "--access-log", "--log-format", "json"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        port = int(_wait_for_file(port_file, proc, START_TIMEOUT))
+        yield proc, f"127.0.0.1:{port}", root
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _query(target: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.client_cli", "--target", target, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_serve_query_reload_and_graceful_stop(server_process, demo_catalog: Path, tmp_path: Path) -> None:
+    proc, target, root = server_process
+    with PosterClient(target) as client:
+        assert client.health() == "SERVING"
+    out = _query(target, "similar", "1", "-k", "3")
+    assert out.returncode == 0, out.stderr
+    assert "3 results from bundle" in out.stdout
+    data = json.loads(_query(target, "similar", "1", "-k", "4", "--json").stdout)
+    assert len(data["neighbors"]) == 4 and data["exact"]
+    sheet = tmp_path / "sheet.png"
+    out = _query(target, "like", "1", "2:0.5", "--not", "3", "-k", "5", "--sheet", str(sheet),
+                 "--posters", str(demo_catalog / "posters"))
+    assert out.returncode == 0, out.stderr
+    with Image.open(sheet) as im:
+        assert im.size[0] > 6 * 150 and im.size[1] > 250  # query + 5 neighbours, with captions
+    poster = next((demo_catalog / "posters").iterdir())
+    assert _query(target, "image", str(poster), "-k", "2").returncode == 0
+    with PosterClient(target) as client:
+        word = client.items([1])[0].title.split()[0]
+    titles = _query(target, "title", word.lower())
+    assert titles.returncode == 0 and titles.stdout.split()[0] == "1" and word in titles.stdout
+    bad = _query(target, "similar", "987654")
+    assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr and "987654" in bad.stderr
+    info = _query(target, "info")
+    assert f"item_count         {DEMO_COUNT}" in info.stdout
+
+    # SIGHUP reloads a newly published bundle (a copy with a new id) at once
+    old = bundles.read_current(root)
+    new = "29990101T000000Z-000000"
+    import shutil
+
+    shutil.copytree(root / "builds" / old, root / "builds" / new)
+    manifest = json.loads((root / "builds" / new / "manifest.json").read_text())
+    manifest["build_id"] = new
+    (root / "builds" / new / "manifest.json").write_text(json.dumps(manifest))
+    (root / "CURRENT").write_text(new)
+    proc.send_signal(signal.SIGHUP)
+    with PosterClient(target) as client:
+        deadline = time.monotonic() + 60
+        while client.info()["bundle_version"] != new:
+            assert time.monotonic() < deadline, "SIGHUP did not reload"
+            time.sleep(0.1)  # the reload runs on the server's watcher thread
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    access = [r for r in lines if r.get("method") == "SimilarToItem"]
+    assert access and all(r.get("request_id") for r in access)
+    assert any(r["code"] == "NOT_FOUND" for r in access)
+    assert any("stopped" in r["message"] for r in lines)
+
+
+def test_serve_help_and_defaults() -> None:
+    out = subprocess.run([sys.executable, "-m", "server.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60).stdout
+    assert "127.0.0.1" in out and "50051" in out
+    for option in ("--index", "--tls-cert", "--tls-client-ca", "--token-file", "--metrics-port", "--max-k",
+                   "--max-image-bytes", "--no-image-search", "--poll", "--grace"):
+        assert option in out, option
+
+
+def test_query_help_lists_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "server.client_cli", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60).stdout
+    for command in ("similar", "like", "image", "title", "info"):
+        assert command in out
+
+
+@pytest.mark.skipif(os.environ.get("POSTERS_SKIP_DEMO") == "1", reason="demo disabled")
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "server.demo", "--workdir", str(tmp_path / "demo"), "--count", "40"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "server stopped cleanly (exit code 0)" in out.stdout
+    sheets = sorted(p.name for p in (tmp_path / "demo" / "sheets").glob("*.png"))
+    assert "like.png" in sheets and "image.png" in sheets and len(sheets) >= 4
+    line = next(l for l in out.stdout.splitlines() if l.startswith("== sequels"))
+    hits, total = map(int, line.split("for ")[1].split(" movies")[0].split(" of "))
+    assert total > 0 and hits / total >= 0.8, line

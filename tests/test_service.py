@@ -1,0 +1,269 @@
+"""Integration tests over a real in-process gRPC server on 127.0.0.1:0."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2
+
+from indexer import bundle as bundles
+from indexer.build import BuildConfig, build
+from indexer.precomputed import PrecomputedConfig
+from server._proto import posters_pb2 as pb
+from server.searcher import SearchLimits
+from server.types import ItemQuery, SearchOptions, VectorQuery
+from tests.conftest import DEMO_COUNT, QUIET, clustered_vectors, jpeg_bytes
+from tests.grpc_helpers import Served, raw_call, self_signed_pki, serve
+from tests.hostile import pixel_bomb_png
+from tests.test_searcher import dense_matrix_predict_by_id
+
+METHODS = ("SimilarToItem", "SimilarToItems", "SearchByVector", "SearchByImage", "BatchSearch", "FindItems",
+           "GetItems", "GetIndexInfo")
+
+
+@pytest.fixture(scope="module")
+def served(demo_root: Path) -> Iterator[Served]:
+    with serve(demo_root, image_search=True) as s:
+        yield s
+
+
+def _code(fn, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
+    try:
+        fn(*args, **kwargs)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+    return grpc.StatusCode.OK, ""
+
+
+def _vectors(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    b = bundles.load_bundle(bundles.current_path(root))
+    ids = b.items["item_id"].to_numpy()
+    return ids, np.vstack([b.index.reconstruct(int(i)) for i in ids])
+
+
+def test_similar_to_item_equals_dense_matrix_over_grpc(served: Served, demo_root: Path) -> None:
+    ids, x = _vectors(demo_root)
+    for item_id in ids[::7]:
+        for k, options in ((10, SearchOptions(k=10)), (25, SearchOptions(k=25, exact=True))):  # table and index
+            got = served.client.similar(int(item_id), options)
+            want_ids, want_scores = dense_matrix_predict_by_id(x, ids, int(item_id), k)
+            assert [h.item.item_id for h in got.hits] == want_ids
+            np.testing.assert_allclose([h.score for h in got.hits], want_scores, atol=1e-5)
+            assert got.exact and got.bundle_version == bundles.read_current(demo_root)
+
+
+def test_every_rpc_and_option(served: Served, demo_root: Path, demo_catalog: Path) -> None:
+    c = served.client
+    ids, x = _vectors(demo_root)
+    first = c.similar(1, SearchOptions(k=5))
+    hit = first.hits[0]
+    assert hit.item.title and hit.item.genres and hit.item.poster.endswith(".jpg") and hit.item.tmdb_id > 0
+    assert 1 not in [h.item.item_id for h in first.hits]
+    excl = c.similar(1, SearchOptions(k=5, exclude_ids=(hit.item.item_id,)))
+    assert hit.item.item_id not in [h.item.item_id for h in excl.hits]
+    cands = c.similar(1, SearchOptions(k=3, candidate_ids=(5, 6, 7, 8)))
+    assert {h.item.item_id for h in cands.hits} <= {5, 6, 7, 8} and len(cands.hits) == 3
+    high = c.similar(1, SearchOptions(k=30, min_score=first.hits[2].score))
+    assert [h.item.item_id for h in high.hits] == [h.item.item_id for h in first.hits[:3]]
+    assert c.similar(1, SearchOptions(k=5, nprobe=4)).hits == first.hits  # nprobe ignored by flat
+    like = c.like([(1, 1.0), (2, 3.0)], [(3, 1.0)], SearchOptions(k=4))
+    assert not {1, 2, 3} & {h.item.item_id for h in like.hits} and len(like.hits) == 4
+    vec = c.vector(x[3].tolist(), SearchOptions(k=2))
+    assert vec.hits[0].item.item_id == ids[3] and vec.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    batch = c.batch([ItemQuery(1, SearchOptions(k=5)), VectorQuery(x[3].tolist(), SearchOptions(k=2))])
+    assert batch[0].hits == first.hits and batch[1].hits == vec.hits
+    name = c.items([4])[0].title.rsplit(" (", 1)[0]
+    assert c.find(name.lower())[0].title.startswith(name)
+    assert [i.item_id for i in c.items([3, 1])] == [3, 1]
+    info = c.info()
+    assert info["item_count"] == DEMO_COUNT and info["dimension"] == x.shape[1] and info["index_type"] == "flat"
+    assert info["image_search"] and info["neighbour_table_k"] == 20 and info["manifest"]["model"] == "efficientnet_lite0"
+
+
+def test_search_by_image_of_own_poster(served: Served, demo_catalog: Path) -> None:
+    for item_id in (1, 9, 17):
+        item = served.client.items([item_id])[0]
+        result = served.client.image((demo_catalog / "posters" / item.poster).read_bytes(), SearchOptions(k=3))
+        assert result.hits[0].item.item_id == item_id
+        assert result.hits[0].score >= 0.99
+
+
+@pytest.mark.parametrize("call,code,message", [
+    (lambda c: c.similar(1, SearchOptions(k=-1)), "INVALID_ARGUMENT", "k expected 1..1000"),
+    (lambda c: c.similar(1, SearchOptions(k=5000)), "INVALID_ARGUMENT", "got 5000"),
+    (lambda c: c.vector([0.1] * 7), "INVALID_ARGUMENT", "dimension expected 1280"),
+    (lambda c: c.vector([float("nan")] * 1280), "INVALID_ARGUMENT", "finite"),
+    (lambda c: c.vector([float("inf")] * 1280), "INVALID_ARGUMENT", "finite"),
+    (lambda c: c.image(b""), "INVALID_ARGUMENT", "0 bytes"),
+    (lambda c: c.image(b"<html>not an image</html>"), "INVALID_ARGUMENT", "decodable"),
+    (lambda c: c.image(pixel_bomb_png()), "RESOURCE_EXHAUSTED", "pixels"),
+    (lambda c: c.image(b"\xff" * (SearchLimits().max_image_bytes + 1)), "RESOURCE_EXHAUSTED", "bytes"),
+    (lambda c: c.find(""), "INVALID_ARGUMENT", "non-empty"),
+    (lambda c: c.like([]), "INVALID_ARGUMENT", "at least one"),
+    (lambda c: c.batch([]), "INVALID_ARGUMENT", "at least one"),
+    (lambda c: c.items([]), "INVALID_ARGUMENT", "at least one"),
+    (lambda c: c.similar(424242), "NOT_FOUND", "item 424242"),
+    (lambda c: c.like([(1, 1.0), (777777, 1.0)]), "NOT_FOUND", "777777"),
+    (lambda c: c.items([1, 31337]), "NOT_FOUND", "31337"),
+    (lambda c: c.batch([ItemQuery(1), ItemQuery(99999)]), "NOT_FOUND", "query 1: item 99999"),
+], ids=["k-negative", "k-over-cap", "wrong-dim", "nan", "inf", "empty-image", "undecodable-image", "pixel-bomb",
+        "image-bytes", "empty-title", "no-positives", "empty-batch", "no-ids", "unknown-item", "unknown-positive",
+        "unknown-get", "batch-position"])
+def test_error_statuses(served: Served, call, code: str, message: str) -> None:
+    got, details = _code(call, served.client)
+    assert got.name == code, details
+    assert message in details
+
+
+def test_malformed_request_bytes_are_invalid_argument(served: Served) -> None:
+    for method in METHODS:
+        code = raw_call(served.client.channel, method, b"\xff\xff\xff\xff garbage")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, method
+
+
+def test_unavailable_then_health_transition(tmp_path: Path, vectors_root) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    with serve(root) as s:
+        assert s.client.health() == "NOT_SERVING"
+        assert s.client.health("posters.v1.PosterSimilarity") == "NOT_SERVING"
+        code, details = _code(s.client.similar, 1)
+        assert code == grpc.StatusCode.UNAVAILABLE and "no index bundle" in details
+        src, _, _ = vectors_root
+        (root / "builds").mkdir()
+        build_id = bundles.read_current(src)
+        import shutil
+
+        shutil.copytree(src / "builds" / build_id, root / "builds" / build_id)
+        (root / "CURRENT").write_text(build_id)
+        assert s.manager.reload()
+        assert s.client.health() == "SERVING"
+        assert s.client.info()["bundle_version"] == build_id
+
+
+def test_reflection_lists_the_service(served: Served) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    services = ProtoReflectionDescriptorDatabase(served.client.channel).get_services()
+    assert "posters.v1.PosterSimilarity" in services and "grpc.health.v1.Health" in services
+
+
+def _publish_vectors(root: Path, tmp: Path, seed: int, n: int = 400) -> str:
+    x = clustered_vectors(n, 16, clusters=8, seed=seed)
+    np.savez(tmp / f"v{seed}.npz", ids=np.arange(1, n + 1), vectors=x)
+    return build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp / f"v{seed}.npz"), pipeline=QUIET,
+                             neighbours_k=10, keep_builds=10)).build_id
+
+
+def test_hot_reload_under_concurrent_queries(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    versions = [_publish_vectors(root, tmp_path, 0)]
+    errors: list[str] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+    counts = [0]
+    with serve(root) as s:
+        def worker(n: int) -> None:
+            rng = np.random.default_rng(n)
+            while not stop.is_set():
+                try:
+                    r = s.client.similar(int(rng.integers(1, 401)), SearchOptions(k=5))
+                    seen.add(r.bundle_version)
+                    assert len(r.hits) == 5
+                    v = s.client.vector(rng.normal(size=16).tolist(), SearchOptions(k=3))
+                    seen.add(v.bundle_version)
+                    counts[0] += 2
+                except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                    errors.append(repr(exc))
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for seed in range(1, 6):
+            versions.append(_publish_vectors(root, tmp_path, seed))
+            assert s.manager.reload()
+        stop.set()
+        for t in threads:
+            t.join()
+        assert s.client.info()["bundle_version"] == versions[-1]
+    assert not errors, errors[:3]
+    assert counts[0] > 50 and len(seen) >= 2, (counts[0], seen)
+
+
+def test_corrupt_new_bundle_refused_old_keeps_serving(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    good = _publish_vectors(root, tmp_path, 0)
+    with serve(root) as s:
+        bad = _publish_vectors(root, tmp_path, 1)
+        index_file = root / "builds" / bad / "index.faiss"
+        index_file.write_bytes(index_file.read_bytes()[:100])
+        assert not s.manager.reload()
+        assert "index.faiss" in (s.manager.last_error or "")
+        assert s.client.info()["bundle_version"] == good
+        assert s.client.similar(3, SearchOptions(k=2)).bundle_version == good
+        assert s.client.health() == "SERVING"
+        (root / "builds" / bad / "manifest.json").write_text("{")
+        assert not s.manager.reload(force=True)
+        assert "manifest.json" in s.manager.last_error
+        fixed = _publish_vectors(root, tmp_path, 2)
+        assert s.manager.reload()
+        assert s.client.info()["bundle_version"] == fixed
+
+
+def test_request_id_and_metrics(served: Served) -> None:
+    call = served.client._stub.SimilarToItem.with_call(pb.SimilarToItemRequest(item_id=1),
+                                                       metadata=(("x-request-id", "abc123"),))
+    assert ("x-request-id", "abc123") in call[1].trailing_metadata()
+    _code(served.client.similar, 999999)
+    text = __import__("prometheus_client").generate_latest(served.metrics.registry).decode()
+    assert 'posters_requests_total{code="OK",method="SimilarToItem"}' in text
+    assert 'posters_requests_total{code="NOT_FOUND",method="SimilarToItem"}' in text
+    assert "posters_bundle_items 40.0" in text
+
+
+def test_bearer_token_auth(vectors_root) -> None:
+    root, _, _ = vectors_root
+    with serve(root, token="s3cret") as s:
+        code, details = _code(s.client.similar, 100)
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "got none" in details
+        from server.client import PosterClient
+
+        with PosterClient(s.target, token="wrong") as bad:
+            assert _code(bad.similar, 100)[0] == grpc.StatusCode.UNAUTHENTICATED
+        with PosterClient(s.target, token="s3cret") as good:
+            assert good.similar(100, SearchOptions(k=2)).hits
+        assert s.client.health() == "SERVING"  # health checks need no token
+
+
+def test_tls_and_mtls(tmp_path: Path, vectors_root) -> None:
+    from server.app import TlsConfig
+    from server.client import PosterClient
+
+    root, _, _ = vectors_root
+    pki = self_signed_pki(tmp_path / "pki")
+    with serve(root, tls=TlsConfig(pki["server_cert"], pki["server_key"]),
+               client_kwargs={"tls_ca": pki["ca_cert"], "timeout": 10}) as s:
+        assert s.client.similar(100, SearchOptions(k=1)).hits
+        with PosterClient(s.target, timeout=3) as plaintext:
+            assert _code(plaintext.similar, 100)[0] == grpc.StatusCode.UNAVAILABLE
+    tls = TlsConfig(pki["server_cert"], pki["server_key"], client_ca=pki["ca_cert"])
+    with serve(root, tls=tls, token="t0k", client_kwargs={"tls_ca": pki["ca_cert"], "timeout": 3}) as s:
+        assert _code(s.client.similar, 100)[0] == grpc.StatusCode.UNAVAILABLE  # no client certificate
+        with PosterClient(s.target, tls_ca=pki["ca_cert"], client_cert=pki["client_cert"],
+                          client_key=pki["client_key"], token="t0k", timeout=10) as mutual:
+            assert mutual.similar(100, SearchOptions(k=1)).hits
+
+
+def test_health_watch_reports_serving(served: Served) -> None:
+    stream = served.client._health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert next(iter(stream)).status == health_pb2.HealthCheckResponse.SERVING
+    stream.cancel()
+
+
+def test_image_query_of_real_photo_copy(served: Served, photos) -> None:
+    result = served.client.image(jpeg_bytes(photos["coffee"]), SearchOptions(k=3))
+    assert len(result.hits) == 3 and all(-1.0 <= h.score <= 1.0 for h in result.hits)
+    assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
