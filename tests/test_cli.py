@@ -86,7 +86,7 @@ def test_serve_query_reload_and_graceful_stop(server_process, demo_catalog: Path
 
     # SIGHUP reloads a newly published bundle (a copy with a new id) at once
     old = bundles.read_current(root)
-    new = "29990101T000000Z-000000"
+    new = "29990101T000000.000000Z-000000"
     import shutil
 
     shutil.copytree(root / "builds" / old, root / "builds" / new)
