@@ -28,6 +28,10 @@ REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_CHARS = 64
 
 
+def _new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 def status_for(exc: SearchError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
@@ -44,6 +48,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._expected = f"Bearer {token}".encode() if token else None
         self._metrics = metrics
         self._access_log = access_log
+        self._wrapped: dict[str, Any] = {}  # method -> wrapped handler (handlers are static per method)
 
     def _check_auth(self, metadata: dict[str, str]) -> None:
         if self._expected is None:
@@ -54,17 +59,25 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                                   + ("; got none" if not given else "; got a different token"))
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is not None:
+            return wrapped
         handler = continuation(details)
         if handler is None or handler.unary_unary is None or not details.method.startswith(self._prefix):
             return handler
-        method = details.method[len(self._prefix):]
+        wrapped = self._wrap(details.method[len(self._prefix):], handler)
+        self._wrapped[details.method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         inner = handler.unary_unary
 
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-            request_id = metadata.get(REQUEST_ID_KEY, "")[:MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex[:16]
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            request_id = metadata.get(REQUEST_ID_KEY, "")[:MAX_REQUEST_ID_CHARS]
+            if request_id:  # echo the client's id; otherwise one is made only when something is logged
+                context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             code = grpc.StatusCode.OK
             try:
                 self._check_auth(metadata)
@@ -72,10 +85,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             except SearchError as exc:
                 code = status_for(exc)
                 if code is grpc.StatusCode.UNAVAILABLE:
+                    request_id = request_id or _new_request_id()
                     log.warning("%s unavailable: %s", method, exc, extra={"request_id": request_id})
                 context.abort(code, str(exc))
             except Exception:  # noqa: BLE001 - never a traceback to the client; logged here with the request id
                 code = grpc.StatusCode.INTERNAL
+                request_id = request_id or _new_request_id()
                 log.exception("%s failed", method, extra={"request_id": request_id})
                 context.abort(code, f"internal error (request id {request_id})")
             finally:
@@ -83,6 +98,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 if self._metrics is not None:
                     self._metrics.observe(method, code.name, elapsed)
                 if self._access_log:
+                    request_id = request_id or _new_request_id()
                     log.info("%s %s %.2fms", method, code.name, elapsed * 1000,
                              extra={"request_id": request_id, "method": method, "code": code.name,
                                     "ms": round(elapsed * 1000, 3)})
