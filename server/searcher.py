@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from indexer.bundle import Bundle
+from server.coalescer import Coalescer
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.types import (Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult,
                           VectorQuery)
@@ -57,7 +58,7 @@ class Searcher:
 
     def __init__(self, bundle: Bundle, limits: SearchLimits | None = None,
                  image_embedder: ImageEmbedder | None = None, image_unavailable_reason: str = "",
-                 threads: int = 1) -> None:
+                 threads: int = 1, coalesce: bool = True) -> None:
         self.limits = limits or SearchLimits()
         self.version = bundle.version
         self.manifest = bundle.manifest
@@ -84,6 +85,8 @@ class Searcher:
         self._table_scores = bundle.neighbour_scores
         self.table_k = 0 if bundle.neighbour_ids is None else int(bundle.neighbour_ids.shape[1])
         self._tls = threading.local()
+        # flat indexes scan everything: concurrent single queries are batched into one FAISS call
+        self.coalescer = Coalescer(self.index) if self.is_exact_index and coalesce else None
 
     # ---- validation -------------------------------------------------------
     @property
@@ -178,7 +181,10 @@ class Searcher:
         self._ensure_threads()
         params, exact = self._search_params(options)
         fetch = min(self.item_count, max(k + len(e) for k, e in zip(ks, excludes)))
-        scores, ids = self.index.search(queries, fetch, params=params)
+        if self.coalescer is not None and len(queries) == 1:
+            scores, ids = (a[None] for a in self.coalescer.search(queries[0], fetch))
+        else:
+            scores, ids = self.index.search(queries, fetch, params=params)
         return [SearchResult(self._hits(i.tolist(), s.tolist(), k, e, options.min_score), self.version, exact)
                 for i, s, k, e in zip(ids, scores, ks, excludes)]
 
