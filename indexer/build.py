@@ -15,7 +15,7 @@ import pandas as pd
 import indexer
 from indexer import bundle as bundles
 from indexer.cache import EmbeddingCache
-from indexer.catalog import Catalog, CatalogConfig, Problem, _load_movies, empty_items, load_catalog
+from indexer.catalog import Catalog, CatalogConfig, Problem, empty_items, load_catalog, load_movies
 from indexer.embedders import Embedder, EmbedderSpec
 from indexer.errors import BuildError
 from indexer.images import DEFAULT_MAX_PIXELS, DecodeConfig
@@ -100,7 +100,7 @@ def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, li
     ids, vectors, problems = load_precomputed(config.precomputed)
     items = empty_items()
     if config.catalog is not None and config.catalog.movies_csv is not None:
-        items = _load_movies(config.catalog, problems).assign(poster="")
+        items = load_movies(config.catalog, problems).assign(poster="")
     meta = pd.DataFrame({"item_id": ids}).merge(items, on="item_id", how="left")
     meta = meta.assign(title=meta["title"].fillna(""), genres=meta["genres"].fillna(""),
                        poster=meta["poster"].fillna(""))
@@ -109,7 +109,7 @@ def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, li
 
 def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
     """Run a build and publish it atomically. On any error CURRENT is unchanged."""
-    if (config.catalog is None) == (config.precomputed is None) and config.precomputed is None:
+    if config.catalog is None and config.precomputed is None:
         raise BuildError("a build needs a catalog (posters) or precomputed embeddings")
     started = dt.datetime.now(dt.timezone.utc)
     phases: dict[str, float] = {}

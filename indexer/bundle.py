@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ import pandas as pd
 
 from indexer.catalog import ITEM_COLUMNS, Problem
 from indexer.errors import BuildError, BundleError
+from indexer.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,6 @@ class Bundle:
 def new_build_id(now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.timezone.utc)
     return f"{now:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(3)}"  # sortable: prune keeps the newest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -162,7 +154,7 @@ def write_staging(root: Path, contents: BundleContents, build_id: str) -> Path:
         "build_id": build_id,
         "item_count": int(contents.index.ntotal),
         "failure_count": len(contents.failures),
-        "files": {n: {"sha256": _sha256(staging / n), "bytes": (staging / n).stat().st_size} for n in names},
+        "files": {n: {"sha256": file_sha256(staging / n), "bytes": (staging / n).stat().st_size} for n in names},
     })
     tmp = staging / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -252,7 +244,7 @@ def verify_files(bundle_dir: Path, manifest: dict[str, Any]) -> None:
         size = path.stat().st_size
         if size != meta["bytes"]:
             raise BundleError(f"{path} is truncated or modified: expected {meta['bytes']} bytes, got {size}")
-        if _sha256(path) != meta["sha256"]:
+        if file_sha256(path) != meta["sha256"]:
             raise BundleError(f"{path} is corrupt: SHA-256 does not match the manifest")
 
 

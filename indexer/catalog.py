@@ -97,8 +97,10 @@ def _dedupe(df: pd.DataFrame, what: str, path: Path, problems: list[Problem]) ->
     return df[~dup]
 
 
-def _load_movies(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame:
-    assert config.movies_csv is not None
+def load_movies(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame:
+    """movies.csv (+ links.csv, + popularity filter) as an items table without posters."""
+    if config.movies_csv is None:
+        raise CatalogError("movies.csv is required for MovieLens metadata")
     movies = _read_csv(config.movies_csv, ("movieId", "title"))
     ids = _to_int_ids(movies["movieId"])
     for raw in movies.loc[ids.isna(), "movieId"]:
@@ -223,7 +225,7 @@ def load_catalog(config: CatalogConfig) -> Catalog:
     if config.movies_csv is None:
         items = _bare_folder(config, problems)
     else:
-        items = _resolve_posters(_load_movies(config, problems), config, problems)
+        items = _resolve_posters(load_movies(config, problems), config, problems)
         items = items[items["poster"] != ""]
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)[list(ITEM_COLUMNS)]
     log.info("catalog: %d items with posters, %d problems", len(items), len(problems))

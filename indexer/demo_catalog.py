@@ -72,7 +72,7 @@ def _draw_poster(genre: str, palette: list, layout: np.random.Generator, jitter:
         d.rounded_rectangle([cx - r, cy - r, cx + r, cy + r], radius=25, fill=(255, 240, 80))
     elif genre == "Horror":
         d.rectangle([0, 0, w, h], fill=(12, 8, 10))
-        for k in range(9):
+        for _ in range(9):
             x = layout.uniform(0, w) + j(5)
             d.rectangle([x, 0, x + 8, layout.uniform(0.2, 0.7) * h], fill=c1)
         d.ellipse([cx - r * 0.6, cy - r, cx + r * 0.6, cy + r], fill=(220, 220, 210))

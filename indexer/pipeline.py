@@ -22,6 +22,8 @@ from indexer.images import DecodeConfig, decode_image
 
 log = logging.getLogger(__name__)
 
+HASH_PREFETCH_PER_WORKER = 32  # files read and hashed ahead per decoding thread
+
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -90,7 +92,7 @@ def embed_files(
     out = EmbedOutcome()
     with ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="decode") as pool:
         hashes: dict[int, str] = {}
-        prefetch = 4 * max(config.decode_workers, 1) * 8
+        prefetch = HASH_PREFETCH_PER_WORKER * max(config.decode_workers, 1)
         for pos, fut in enumerate(_bounded_map(pool, lambda p: _hash_file(p, decode.max_bytes), paths, prefetch)):
             try:
                 hashes[pos] = fut.result()

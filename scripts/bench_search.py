@@ -168,7 +168,8 @@ def _row(r: dict, key: str) -> str:
 
 def markdown(results: list[dict], info: dict) -> str:
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GiB; numpy {info['numpy']}, "
-             f"faiss {info['faiss']}; {info['date']}. Latencies in ms (p50 / p99), k={K}, sequential.", "",
+             f"faiss {info['faiss']}; OPENBLAS_CORETYPE={info.get('openblas_coretype')}; {info['date']}. "
+             f"Latencies in ms (p50 / p99), k={K}, sequential.", "",
              "| N | D | method | build s | memory MB | item query | vector query | recall@10 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -256,9 +257,13 @@ def main() -> int:
         conv = [int(v) if v.isdigit() else v for v in rest]
         print(json.dumps(fn(*conv)))
         return 0
-    env = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # numpy's bundled OpenBLAS picks its AVX-512 (SkylakeX) kernels on these machines and segfaults in the
+    # float64 GEMM of the dense baseline (20k x 512 and up); its Haswell kernels work. Every method runs
+    # with the same setting so the comparison stays fair; override by exporting OPENBLAS_CORETYPE.
+    env = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "Haswell")}
     results = []
-    info = machine()
+    info = {**machine(), "openblas_coretype": env["OPENBLAS_CORETYPE"]}
     for d in map(int, args.dims.split(",")):
         for n in map(int, args.sizes.split(",")):
             with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,6 @@ Reports p50/p99 per RPC, QPS and server RSS; writes JSON + Markdown under benchm
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys

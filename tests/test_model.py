@@ -1,7 +1,6 @@
 """EfficientNet-Lite0: the .pth reader, the weight mapping (real ImageNet classes) and embeddings."""
 from __future__ import annotations
 
-import io
 import pickle
 
 import numpy as np

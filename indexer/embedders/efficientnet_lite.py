@@ -98,6 +98,8 @@ def load_torch_weights(model: "keras.Model", path: str | Path) -> None:
 
     Raises ModelError if a tensor is missing, has the wrong shape, or is left over.
     """
+    from keras.layers import BatchNormalization
+
     state = read_legacy_state_dict(path)
     used: set[str] = set()
 
@@ -116,7 +118,7 @@ def load_torch_weights(model: "keras.Model", path: str | Path) -> None:
                 used.update({"_fc.weight", "_fc.bias"})  # classifier unused by a feature model
                 continue
             raise ModelError(f"{path}: no layer for weights {prefix!r}") from None
-        if isinstance(layer, __import__("keras").layers.BatchNormalization):
+        if isinstance(layer, BatchNormalization):
             values = [take(f"{prefix}.{n}") for n in ("weight", "bias", "running_mean", "running_var")]
         elif "depthwise" in prefix:
             values = [take(f"{prefix}.weight").transpose(2, 3, 0, 1)]  # (C,1,kh,kw) -> (kh,kw,C,1)

@@ -12,6 +12,7 @@ import numpy as np
 
 from indexer.embedders.registry import get_backbone
 from indexer.errors import ModelError
+from indexer.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,6 @@ class EmbedderSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EmbedderSpec":
         return cls(**{k: data[k] for k in ("model", "weights", "pooling", "resize", "init_seed") if k in data})
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _seeded_init(model: Any, seed: int) -> None:
@@ -118,7 +111,7 @@ class Embedder:
     def _fingerprint(self) -> str:
         weights = self.spec.weights
         if weights not in (WEIGHTS_IMAGENET, WEIGHTS_NONE):
-            weights = f"file:{_file_sha256(Path(weights))}"
+            weights = f"file:{file_sha256(Path(weights))}"
         elif weights == WEIGHTS_NONE:
             weights = f"none:seed={self.spec.init_seed}"
         import keras
