@@ -119,6 +119,21 @@ def test_error_statuses(served: Served, call, code: str, message: str) -> None:
     assert message in details
 
 
+def test_message_size_cap(vectors_root) -> None:
+    """Requests above the gRPC message cap (image limit + 1 MiB) are refused by gRPC itself."""
+    from server.client import PosterClient
+
+    root, _, _ = vectors_root
+    limits = SearchLimits(max_image_bytes=64 * 1024)
+    with serve(root, limits=limits) as s:
+        with PosterClient(s.target, timeout=30) as c:
+            code, details = _code(c.image, b"\0" * (limits.max_image_bytes + 2 * 1024 * 1024))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+            code, details = _code(c.image, b"\0" * (limits.max_image_bytes + 1))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 65536 bytes" in details
+        assert s.client.health() == "SERVING"
+
+
 def test_malformed_request_bytes_are_invalid_argument(served: Served) -> None:
     for method in METHODS:
         code = raw_call(served.client.channel, method, b"\xff\xff\xff\xff garbage")
