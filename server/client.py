@@ -55,7 +55,7 @@ class PosterClient:
         self.timeout = timeout
 
     def _call(self, rpc: Any, request: Any) -> Any:
-        return rpc(request, timeout=self.timeout, metadata=self._metadata)
+        return rpc(request, timeout=self.timeout, metadata=self._metadata or None)
 
     def similar(self, item_id: int, options: SearchOptions = SearchOptions()) -> SearchResult:
         req = pb.SimilarToItemRequest(item_id=item_id, options=convert.options_to_proto(options))

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +74,7 @@ def _weighted(values: list[str]) -> tuple[tuple[int, float], ...]:
 def _print_result(result: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"bundle_version": result.bundle_version, "exact": result.exact,
-                          "neighbors": [{**asdict(h.item), "score": h.score} for h in result.hits]}, indent=2))
+                          "neighbors": [{**h.item._asdict(), "score": h.score} for h in result.hits]}, indent=2))
         return
     print(f"{'rank':>4}  {'score':>6}  {'id':>8}  title  [genres]")
     for n, h in enumerate(result.hits, 1):
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             if args.command == "title":
                 items = client.find(args.text, args.limit)
                 if args.json:
-                    print(json.dumps([asdict(i) for i in items], indent=2))
+                    print(json.dumps([i._asdict() for i in items], indent=2))
                 else:
                     for i in items:
                         print(f"{i.item_id:>8}  {i.title}  [{'|'.join(i.genres)}]")

@@ -65,13 +65,12 @@ def item_to_proto(item: Item) -> pb.Item:
 
 
 def result_to_proto(result: SearchResult) -> pb.SearchResponse:
-    return pb.SearchResponse(
-        neighbors=[pb.Neighbor(item_id=h.item.item_id, score=h.score, title=h.item.title, genres=h.item.genres,
-                               poster=h.item.poster, imdb_id=h.item.imdb_id, tmdb_id=h.item.tmdb_id)
-                   for h in result.hits],
-        bundle_version=result.bundle_version,
-        exact=result.exact,
-    )
+    response = pb.SearchResponse(bundle_version=result.bundle_version, exact=result.exact)
+    add = response.neighbors.add
+    for item, score in result.hits:
+        add(item_id=item.item_id, score=score, title=item.title, genres=item.genres, poster=item.poster,
+            imdb_id=item.imdb_id, tmdb_id=item.tmdb_id)
+    return response
 
 
 def info_to_proto(info: dict[str, Any], limits: Any, manifest: dict[str, Any]) -> pb.IndexInfo:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -17,8 +17,7 @@ class SearchOptions:
     exact: bool = False
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):  # NamedTuples: immutable and cheap to build on the per-result hot path
     item_id: int
     title: str
     genres: tuple[str, ...]
@@ -27,8 +26,7 @@ class Item:
     tmdb_id: int = 0
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     item: Item
     score: float
 
