@@ -137,11 +137,13 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             raise BuildError(f"nothing to index: 0 usable items ({len(problems)} problems); {root / bundles.CURRENT} unchanged")
         ids = items["item_id"].to_numpy(np.int64)
         t = time.perf_counter()
+        log.info("building index over %d vectors of dim %d", len(ids), vectors.shape[1])
         built = build_index(vectors, ids, config.index)
         phases["index"] = time.perf_counter() - t
         nids = nscores = None
         if config.neighbours_k > 0:
             t = time.perf_counter()
+            log.info("computing the top-%d neighbour table", config.neighbours_k)
             nids, nscores = neighbour_table(vectors, ids, config.neighbours_k, progress=config.pipeline.progress)
             phases["neighbours"] = time.perf_counter() - t
         build_id = bundles.new_build_id(started)
@@ -162,6 +164,7 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             "versions": library_versions(),
         }
         t = time.perf_counter()
+        log.info("writing bundle %s to staging", build_id)
         staging = bundles.write_staging(root, bundles.BundleContents(built.index, items, problems, manifest, nids, nscores),
                                         build_id)
         phases["write"] = time.perf_counter() - t

@@ -167,6 +167,7 @@ def write_staging(root: Path, contents: BundleContents, build_id: str) -> Path:
 def publish(root: Path, staging: Path, build_id: str) -> Path:
     """Move a staged bundle into place, then atomically point CURRENT at it."""
     final = root / BUILDS / build_id
+    log.info("publishing build %s", build_id)
     os.replace(staging, final)
     _fsync_dir(final.parent)
     tmp = root / f"{CURRENT}.tmp-{build_id}"

@@ -2,8 +2,9 @@
 """Fault loop: kill -9 posters-index builds at random moments; CURRENT must always be loadable.
 
 Each trial starts a build (a poster catalog with or without the embedding cache, or precomputed
-vectors with a neighbour table, so that kills land in embedding, index building, writing and
-publishing) and SIGKILLs it after a random delay drawn from that kind of build's measured duration.
+vectors with an IVF index and a neighbour table), waits for the log line that starts its target phase
+(embedding, index, neighbour table, writing the bundle, publishing), and SIGKILLs it a random delay
+into that phase.
 After every kill: CURRENT points to a complete bundle whose checksums verify, and no staging
 directory is ever referenced. Finally a server is pointed at a bundle corrupted on purpose and must
 keep serving its old one. Writes JSON + Markdown under benchmarks/results/.
@@ -31,28 +32,20 @@ import numpy as np  # noqa: E402
 
 from bench_common import ROOT, clustered_vectors, machine, write_results  # noqa: E402
 
-PHASE_MARKERS = (("published build", "publish"), ("neighbour table", "neighbours"), ("IVF", "index"),
-                 ("embedding", "embedding"), ("catalog:", "catalog"), ("embedder", "model"))
+# kill targets: a log line that starts the phase, and the longest random delay after it
+TARGETS = (("embedding", "embedding ", 2.0), ("index", "building index", 0.5),
+           ("neighbours", "neighbour table", 1.0), ("write", "writing bundle", 0.05),
+           ("publish", "publishing build", 0.005))
 
 
 def _build_cmd(kind: str, tmp: Path, root: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "indexer.cli", "build", "--out", str(root)]
+    cmd = [sys.executable, "-m", "indexer.cli", "build", "--out", str(root), "--quiet"]
     if kind == "precomputed":
         return cmd + ["--embeddings", str(tmp / "vectors.npz"), "--index", "ivf", "--neighbours", "50"]
     cat = tmp / "catalog"
     cmd += ["--movies", str(cat / "movies.csv"), "--links", str(cat / "links.csv"), "--posters", str(cat / "posters"),
             "--pattern", "{tmdbId}.jpg", "--batch-size", "4", "--neighbours", "10"]
     return cmd + (["--no-cache"] if kind == "catalog-no-cache" else [])
-
-
-def _phase(log: str) -> str:
-    last = "start"
-    for line in log.splitlines():
-        for marker, phase in PHASE_MARKERS:
-            if marker in line:
-                last = phase
-                break
-    return last
 
 
 def _check(root: Path) -> str:
@@ -65,7 +58,7 @@ def _check(root: Path) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--trials", type=int, default=25)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     from indexer.demo_catalog import write_demo_catalog
@@ -77,39 +70,39 @@ def main() -> int:
     root = tmp / "root"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     kinds = ("catalog", "catalog-no-cache", "precomputed")
-    durations = {}
-    for kind in kinds:  # one full build of each kind: a published baseline and the delay range
-        t = time.perf_counter()
+    for kind in kinds:  # a published baseline of each kind
         subprocess.run(_build_cmd(kind, tmp, root), check=True, capture_output=True, env=env, cwd=ROOT)
-        durations[kind] = time.perf_counter() - t
     rows, phases = [], collections.Counter()
     failures = 0
     for trial in range(args.trials):
-        kind = kinds[trial % len(kinds)]
+        phase, marker, max_delay = TARGETS[trial % len(TARGETS)]
+        kind = "precomputed" if phase in ("index", "neighbours", "write", "publish") else (
+            "catalog-no-cache" if trial % 2 else "catalog")
         before = _check(root)
-        delay = rng.uniform(0.05, durations[kind] * 1.05)
-        log_path = tmp / f"trial{trial}.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(_build_cmd(kind, tmp, root), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    cwd=ROOT)
-            try:
-                proc.wait(timeout=delay)
-                killed = False
-            except subprocess.TimeoutExpired:
+        delay = rng.uniform(0.0, max_delay)
+        log_lines: list[str] = []
+        proc = subprocess.Popen(_build_cmd(kind, tmp, root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, cwd=ROOT, text=True)
+        assert proc.stdout is not None
+        killed = False
+        for line in proc.stdout:  # the build's own log says when the target phase starts
+            log_lines.append(line)
+            if marker in line:
+                time.sleep(delay)  # a random point inside the phase (bounded by max_delay)
                 os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
                 killed = True
-        phase = _phase(log_path.read_text()) if killed else "finished"
-        phases[phase] += 1
+                break
+        proc.wait()
+        phases[phase if killed else "finished"] += 1
         try:
             after = _check(root)  # CURRENT names a complete bundle whose every checksum verifies
             ok = True
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
             ok, after = False, f"{type(exc).__name__}: {exc}"
         failures += not ok
-        rows.append({"trial": trial, "kind": kind, "delay_s": round(delay, 2), "killed": killed, "phase": phase,
+        rows.append({"trial": trial, "kind": kind, "target": phase, "delay_s": round(delay, 4), "killed": killed,
                      "current_before": before, "current_after": after, "ok": ok})
-        print(f"trial {trial:2d} {kind:17s} kill after {delay:5.2f}s in {phase:10s} -> "
+        print(f"trial {trial:2d} {kind:17s} kill {delay:6.3f}s into {phase:10s} -> "
               f"{'OK' if ok else 'BROKEN'} ({'unchanged' if after == before else 'new bundle'})", file=sys.stderr)
     # a running server refuses a corrupt new bundle and keeps its old one
     from indexer import bundle as bundles
