@@ -17,10 +17,10 @@ from pathlib import Path
 # and idle OpenMP threads must not spin. Must be set before faiss is imported.
 THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 TOKEN_ENV = "POSTERS_TOKEN"
-# FAISS uses BLAS (one matrix multiply) when queries x dim reaches this: batches of >= 4 queries at
-# d = 1024 (FAISS's default, 128000, would need 100+ queries). Batched flat searches are then several
-# times cheaper per query than one-by-one scans.
-BLAS_THRESHOLD = 4 * 1024
+# FAISS uses BLAS (one matrix multiply reading the vectors once) when queries x dim reaches this:
+# batches of >= 3 queries at d = 512, >= 2 at d >= 768. FAISS's default (128000) would need 100+
+# queries, so the batches the coalescer forms under concurrent load would still scan once per query.
+BLAS_THRESHOLD = 3 * 512
 
 
 def _parser() -> argparse.ArgumentParser:
