@@ -63,7 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     idx = b.add_argument_group("index")
     idx.add_argument("--index", default="auto", choices=INDEX_KINDS,
                      help=f"flat: exact; ivf: inverted lists; auto: flat below {AUTO_IVF_MIN_ITEMS} items, ivf above")
-    idx.add_argument("--nlist", type=int, help="IVF lists (default ~4*sqrt(N))")
+    idx.add_argument("--nlist", type=int, help="IVF lists (default ~sqrt(N))")
     idx.add_argument("--nprobe", type=int, help="IVF default nprobe (default: smallest reaching --target-recall)")
     idx.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the tuned nprobe must reach")
     idx.add_argument("--neighbours", type=int, default=DEFAULT_K,

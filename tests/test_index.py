@@ -49,7 +49,7 @@ def test_ivf_params_are_stored_and_reconstruct_works() -> None:
 def test_auto_kind_and_nlist_rules() -> None:
     assert resolve_kind(IndexSpec(kind="auto", auto_ivf_min_items=1000), 999) == "flat"
     assert resolve_kind(IndexSpec(kind="auto", auto_ivf_min_items=1000), 1000) == "ivf"
-    assert default_nlist(60_000) == round(4 * np.sqrt(60_000))
+    assert default_nlist(60_000) == round(np.sqrt(60_000))
     assert default_nlist(100) == 2  # at least 39 points per list
     with pytest.raises(BuildError, match="expected one of"):
         resolve_kind(IndexSpec(kind="hnsw"), 10)
