@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-server", action="store_true", help="leave the server running at the end")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.logs import configure
+
+    configure(logging.INFO)
     return run(args.workdir, args.count, args.keep_server)
 
 

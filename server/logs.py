@@ -32,3 +32,9 @@ def configure(level: int = logging.INFO, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """FAISS logs every CPU-variant probe at INFO; keep only its warnings."""
+    logging.getLogger("faiss").setLevel(logging.WARNING)
