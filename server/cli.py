@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     if args.metrics_port is not None:
-        metrics.serve_http(args.metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", metrics.serve_http(args.metrics_port))
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (tls or token):
+        log.warning("listening on %s without TLS or a token: anyone who can reach this address can query",
+                    args.host)
     server.start()
     manager.start()
     stop = threading.Event()

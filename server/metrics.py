@@ -36,5 +36,7 @@ class Metrics:
         self.items.set(info["item_count"])
         self.loaded_at.set(info["loaded_at"])
 
-    def serve_http(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics on a daemon thread; returns the bound port (``port`` 0: any free port)."""
+        httpd, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(httpd.server_port)

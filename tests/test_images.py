@@ -31,6 +31,7 @@ def test_pixel_bomb_is_refused_before_decoding() -> None:
         decode_image(pixel_bomb_png(), DecodeConfig(size=SIZE, max_pixels=50_000_000))
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # 100 Mpx on purpose
 def test_configurable_pixel_limit_applies_below_pillows() -> None:
     with pytest.raises(ImageTooLargeError, match="10000x10000"):
         decode_image(pixel_bomb_png(10_000), DecodeConfig(size=SIZE, max_pixels=50_000_000))

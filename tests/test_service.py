@@ -239,6 +239,17 @@ def test_request_id_and_metrics(served: Served) -> None:
     assert "posters_bundle_items 40.0" in text
 
 
+def test_metrics_http_endpoint(served: Served) -> None:
+    import urllib.request
+
+    served.client.similar(2, SearchOptions(k=3))
+    port = served.metrics.serve_http(0)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'posters_requests_total{code="OK",method="SimilarToItem"}' in text
+    assert "posters_request_seconds_bucket" in text and "posters_bundle_info{" in text
+
+
 def test_bearer_token_auth(vectors_root) -> None:
     root, _, _ = vectors_root
     with serve(root, token="s3cret") as s:
