@@ -18,9 +18,9 @@ from pathlib import Path
 THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 TOKEN_ENV = "POSTERS_TOKEN"
 # FAISS uses BLAS (one matrix multiply reading the vectors once) when queries x dim reaches this:
-# batches of >= 3 queries at d = 512, >= 2 at d >= 768. FAISS's default (128000) would need 100+
-# queries, so the batches the coalescer forms under concurrent load would still scan once per query.
-BLAS_THRESHOLD = 3 * 512
+# BatchSearch calls of >= 8 vector queries at d = 512, >= 4 at d = 1280 (8 queries at 60k x 1280: 52 ms
+# instead of 204 ms). FAISS's default (128000) would need 100+ queries.
+BLAS_THRESHOLD = 8 * 512
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
     p.add_argument("--workers", type=int, default=8, help="request threads")
     p.add_argument("--search-threads", type=int, default=1, help="FAISS threads per request")
+    p.add_argument("--coalesce", action="store_true",
+                   help="batch concurrent single queries on flat indexes into one FAISS call (measure first: "
+                        "scripts/bench_concurrency.py; it did not pay off on 2 cores)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks of ROOT/CURRENT")
     p.add_argument("--no-image-search", action="store_true", help="do not load the CNN (SearchByImage disabled)")
     p.add_argument("--max-k", type=int, default=1000, help="largest k a client may ask for")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = SearchLimits(max_k=args.max_k, max_batch=args.max_batch, max_image_bytes=args.max_image_bytes,
                           max_image_pixels=args.max_image_pixels)
     manager = BundleManager(args.index, limits, image_search=not args.no_image_search,
-                            threads=args.search_threads, poll_interval=args.poll)
+                            threads=args.search_threads, poll_interval=args.poll, coalesce=args.coalesce)
     if not manager.reload():
         log.warning("no bundle loaded from %s yet (%s); health is NOT_SERVING until one is published",
                     args.index, manager.last_error or "no CURRENT")

@@ -2,13 +2,14 @@
 
 A flat index scans every vector per query; FAISS answers a batch of queries with
 one matrix multiply that reads the vectors once, so under concurrent load a
-batch of 8-16 queries costs little more than one. There is no timer: the first
-request thread to arrive runs whatever is queued at that moment (at least its
-own query) while later arrivals queue for the next round. An idle server adds
-only a lock round trip.
+batch of 8-16 queries costs little more than one. There is no timer: a request thread
+that finds a free slot (one per core by default) runs whatever is queued at that
+moment (at least its own query) while later arrivals queue for the next round.
+An idle server adds only a lock round trip.
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +32,10 @@ class _Job:
 class Coalescer:
     index: faiss.Index
     max_batch: int = 64
+    max_concurrent: int = field(default_factory=lambda: os.cpu_count() or 1)  # batches running at once
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _pending: list[_Job] = field(default_factory=list)
-    _busy: bool = False
+    _running: int = 0
     batches: int = 0  # statistics, for tests and benchmarks
     queries: int = 0
 
@@ -42,7 +44,7 @@ class Coalescer:
         job = _Job(query, fetch)
         with self._cond:
             self._pending.append(job)
-            while self._busy and not job.done:
+            while self._running >= self.max_concurrent and not job.done:
                 self._cond.wait()
             if job.done:
                 return self._result(job)
@@ -51,7 +53,7 @@ class Coalescer:
                 batch.append(job)
             taken = set(map(id, batch))
             self._pending = [j for j in self._pending if id(j) not in taken]
-            self._busy = True
+            self._running += 1
         try:
             k = max(j.fetch for j in batch)
             scores, ids = self.index.search(np.vstack([j.query for j in batch]), k)
@@ -66,7 +68,7 @@ class Coalescer:
                     j.done = True
                 self.batches += 1
                 self.queries += len(batch)
-                self._busy = False
+                self._running -= 1
                 self._cond.notify_all()
         return self._result(job)
 

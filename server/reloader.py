@@ -26,11 +26,12 @@ Listener = Callable[[Searcher], None]
 
 class BundleManager:
     def __init__(self, root: Path, limits: SearchLimits | None = None, image_search: bool = True,
-                 threads: int = 1, poll_interval: float = 5.0) -> None:
+                 threads: int = 1, poll_interval: float = 5.0, coalesce: bool = False) -> None:
         self.root = root
         self.limits = limits or SearchLimits()
         self.image_search = image_search
         self.threads = threads
+        self.coalesce = coalesce
         self.poll_interval = poll_interval
         self.last_error: str | None = None
         self._searcher: Searcher | None = None
@@ -64,7 +65,7 @@ class BundleManager:
                                                             self.limits.max_image_bytes)
             if reason:
                 log.warning("bundle %s: image search unavailable: %s", build_id, reason)
-        searcher = Searcher(bundle, self.limits, embedder, reason, threads=self.threads)
+        searcher = Searcher(bundle, self.limits, embedder, reason, threads=self.threads, coalesce=self.coalesce)
         # warm-up: one real query proves the index answers before it takes traffic
         if searcher.item_count:
             searcher.search_vector(np.asarray(bundle.index.reconstruct(int(searcher.ids[0]))))

@@ -58,7 +58,7 @@ class Searcher:
 
     def __init__(self, bundle: Bundle, limits: SearchLimits | None = None,
                  image_embedder: ImageEmbedder | None = None, image_unavailable_reason: str = "",
-                 threads: int = 1, coalesce: bool = True) -> None:
+                 threads: int = 1, coalesce: bool = False) -> None:
         self.limits = limits or SearchLimits()
         self.version = bundle.version
         self.manifest = bundle.manifest
@@ -85,7 +85,8 @@ class Searcher:
         self._table_scores = bundle.neighbour_scores
         self.table_k = 0 if bundle.neighbour_ids is None else int(bundle.neighbour_ids.shape[1])
         self._tls = threading.local()
-        # flat indexes scan everything: concurrent single queries are batched into one FAISS call
+        # opt-in: batch concurrent single queries on flat indexes into one FAISS call. On 2 cores it did
+        # not beat one single-threaded scan per request thread (scripts/bench_concurrency.py).
         self.coalescer = Coalescer(self.index) if self.is_exact_index and coalesce else None
 
     # ---- validation -------------------------------------------------------

@@ -49,7 +49,7 @@ def test_queued_queries_run_as_one_batch_with_exact_results() -> None:
     flat.add(x)
     gated = _GatedIndex(flat)
     cond = _CountingCondition()
-    co = Coalescer(gated, _cond=cond)
+    co = Coalescer(gated, max_concurrent=1, _cond=cond)
     queries = x[:6] + 0.01
     results: dict[int, tuple] = {}
 
