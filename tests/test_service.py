@@ -134,6 +134,20 @@ def test_message_size_cap(vectors_root) -> None:
         assert s.client.health() == "SERVING"
 
 
+def test_hostile_uploads(served: Served) -> None:
+    """Every odd-but-valid image is answered; every bad one gets INVALID_ARGUMENT/RESOURCE_EXHAUSTED."""
+    from tests.hostile import bad_files, odd_files
+
+    for name, data in odd_files().items():
+        result = served.client.image(data, SearchOptions(k=2))
+        assert len(result.hits) == 2, name
+    for name, data in bad_files().items():
+        code, details = _code(served.client.image, data)
+        assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED), (name, code)
+        assert details, name
+    assert served.client.health() == "SERVING"
+
+
 def test_malformed_request_bytes_are_invalid_argument(served: Served) -> None:
     for method in METHODS:
         code = raw_call(served.client.channel, method, b"\xff\xff\xff\xff garbage")
