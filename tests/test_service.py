@@ -222,6 +222,24 @@ def test_hot_reload_under_concurrent_queries(tmp_path: Path) -> None:
     assert counts[0] > 50 and len(seen) >= 2, (counts[0], seen)
 
 
+def test_polling_picks_up_a_new_bundle(tmp_path: Path) -> None:
+    from server.reloader import BundleManager
+
+    root = tmp_path / "root"
+    first = _publish_vectors(root, tmp_path, 0)
+    manager = BundleManager(root, image_search=False, poll_interval=0.05)
+    assert manager.reload() and manager.current.version == first
+    swapped = threading.Event()
+    manager.add_listener(lambda searcher: swapped.set())
+    manager.start()
+    try:
+        second = _publish_vectors(root, tmp_path, 1)
+        assert swapped.wait(60), "the watcher did not load the new bundle"
+        assert manager.current.version == second
+    finally:
+        manager.stop()
+
+
 def test_corrupt_new_bundle_refused_old_keeps_serving(tmp_path: Path) -> None:
     root = tmp_path / "root"
     good = _publish_vectors(root, tmp_path, 0)
