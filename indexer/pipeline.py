@@ -93,11 +93,14 @@ def embed_files(
     with ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="decode") as pool:
         hashes: dict[int, str] = {}
         prefetch = HASH_PREFETCH_PER_WORKER * max(config.decode_workers, 1)
+        reading = tqdm(total=len(paths), unit="file", desc="hashing", disable=not config.progress)
         for pos, fut in enumerate(_bounded_map(pool, lambda p: _hash_file(p, decode.max_bytes), paths, prefetch)):
             try:
                 hashes[pos] = fut.result()
             except (ImageError, OSError) as exc:
                 out.failures[pos] = f"cannot read file: {exc}" if isinstance(exc, OSError) else str(exc)
+            reading.update(1)
+        reading.close()
         cached = cache.get_many(hashes.values()) if cache is not None else {}
         todo_by_hash: dict[str, list[int]] = {}
         for pos, key in hashes.items():
