@@ -98,6 +98,16 @@ class PosterClient:
         resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
+    def wait_until_serving(self, timeout: float, service: str = "") -> None:
+        """Block (health Watch stream, no polling) until the server reports SERVING; TimeoutError otherwise."""
+        try:
+            for response in self._health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout):
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError as exc:
+            raise TimeoutError(f"server not SERVING within {timeout:.0f}s: {exc.code().name}") from exc
+        raise TimeoutError("health stream ended before the server was SERVING")
+
     def close(self) -> None:
         self.channel.close()
 

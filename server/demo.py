@@ -34,15 +34,6 @@ def _wait_for_port(port_file: Path, proc: subprocess.Popen, timeout: float) -> i
     raise TimeoutError(f"posters-serve did not start listening within {timeout:.0f}s")
 
 
-def _wait_serving(client, timeout: float) -> None:
-    from grpc_health.v1 import health_pb2
-
-    for response in client._health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
-        if response.status == health_pb2.HealthCheckResponse.SERVING:
-            return
-    raise TimeoutError("server never became SERVING")
-
-
 def _sequel_report(client, families: pd.DataFrame) -> tuple[int, int]:
     from server.types import SearchOptions
 
@@ -87,7 +78,7 @@ def run(workdir: Path, count: int, keep_server: bool) -> int:
         port = _wait_for_port(port_file, proc, SERVER_START_TIMEOUT)
         target = f"127.0.0.1:{port}"
         with PosterClient(target) as client:
-            _wait_serving(client, SERVER_START_TIMEOUT)
+            client.wait_until_serving(SERVER_START_TIMEOUT)
             print(f"== server {target} is SERVING bundle {client.info()['bundle_version']}")
             families = pd.read_csv(catalog_dir / "families.csv")
             sizes = families["family"].value_counts()
