@@ -7,7 +7,6 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,7 +67,7 @@ def library_versions() -> dict[str, str]:
 
 
 def _embed_catalog(config: BuildConfig, catalog: Catalog, embedder: Embedder | None
-                   ) -> tuple[pd.DataFrame, np.ndarray, list[Problem], dict[str, Any], int, int]:
+                   ) -> tuple[pd.DataFrame, np.ndarray, list[Problem], bundles.EmbedderInfo, int, int]:
     embedder = embedder or Embedder(config.embedder)
     if embedder.spec != config.embedder:
         raise BuildError(f"embedder spec mismatch: config {config.embedder}, embedder {embedder.spec}")
@@ -91,11 +90,11 @@ def _embed_catalog(config: BuildConfig, catalog: Catalog, embedder: Embedder | N
     rate = outcome.embedded / outcome.seconds if outcome.seconds else 0.0
     log.info("embedded %d, from cache %d, failed %d in %.1fs (%.1f img/s)",
              outcome.embedded, outcome.from_cache, len(outcome.failures), outcome.seconds, rate)
-    model_info = {"model": embedder.spec.model, "embedder": embedder.describe()}
-    return items.iloc[ok].reset_index(drop=True), vectors, problems, model_info, outcome.from_cache, outcome.embedded
+    info = bundles.EmbedderInfo(**embedder.describe())
+    return items.iloc[ok].reset_index(drop=True), vectors, problems, info, outcome.from_cache, outcome.embedded
 
 
-def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, list[Problem], dict[str, Any]]:
+def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, list[Problem]]:
     assert config.precomputed is not None
     ids, vectors, problems = load_precomputed(config.precomputed)
     items = empty_items()
@@ -104,7 +103,7 @@ def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, li
     meta = pd.DataFrame({"item_id": ids}).merge(items, on="item_id", how="left")
     meta = meta.assign(title=meta["title"].fillna(""), genres=meta["genres"].fillna(""),
                        poster=meta["poster"].fillna(""))
-    return meta, vectors, problems, {"model": config.precomputed.model_name, "embedder": None}
+    return meta, vectors, problems
 
 
 def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
@@ -119,14 +118,16 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
         bundles.remove_stale_staging(root)
         from_cache = embedded = 0
         if config.precomputed is not None:
-            items, vectors, problems, model_info = _load_precomputed(config)
+            items, vectors, problems = _load_precomputed(config)
+            model_name, embedder_info = config.precomputed.model_name, None
             phases["load"] = time.perf_counter() - t0
         else:
             assert config.catalog is not None
             catalog = load_catalog(config.catalog)
             phases["catalog"] = time.perf_counter() - t0
             t = time.perf_counter()
-            items, vectors, problems, model_info, from_cache, embedded = _embed_catalog(config, catalog, embedder)
+            items, vectors, problems, embedder_info, from_cache, embedded = _embed_catalog(config, catalog, embedder)
+            model_name = embedder_info.model
             phases["embed"] = time.perf_counter() - t
         vectors, ok = normalize(vectors)
         for pos in np.flatnonzero(~ok):
@@ -147,28 +148,30 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             nids, nscores = neighbour_table(vectors, ids, config.neighbours_k, progress=config.pipeline.progress)
             phases["neighbours"] = time.perf_counter() - t
         build_id = bundles.new_build_id(started)
-        manifest = {
-            **model_info,
-            "dim": int(vectors.shape[1]),
-            "metric": "inner_product",
-            "normalization": "l2",
-            "index": built.params,
-            "neighbours": {"k": int(nids.shape[1]) if nids is not None else 0, "exact": True},
-            "created_at": started.isoformat(),
-            "source": {
+        manifest = bundles.Manifest(
+            build_id=build_id,
+            created_at=started.isoformat(),
+            model=model_name,
+            embedder=embedder_info,
+            dim=int(vectors.shape[1]),
+            index=built.params,
+            neighbours=bundles.NeighboursInfo(k=int(nids.shape[1]) if nids is not None else 0, exact=True),
+            item_count=len(ids),
+            failure_count=len(problems),
+            source={
                 "catalog": {k: str(v) for k, v in asdict(config.catalog).items()} if config.catalog else None,
                 "precomputed": {k: str(v) for k, v in asdict(config.precomputed).items()} if config.precomputed else None,
             },
-            "embedding_counts": {"from_cache": from_cache, "embedded": embedded},
-            "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
-            "versions": library_versions(),
-        }
+            embedding_counts={"from_cache": from_cache, "embedded": embedded},
+            phase_seconds={k: round(v, 3) for k, v in phases.items()},
+            versions=library_versions(),
+        )
         t = time.perf_counter()
         log.info("writing bundle %s to staging", build_id)
-        staging = bundles.write_staging(root, bundles.BundleContents(built.index, items, problems, manifest, nids, nscores),
-                                        build_id)
+        staged = bundles.write_staging(root, bundles.BundleContents(built.index, items, problems, manifest, nids,
+                                                                    nscores))
         phases["write"] = time.perf_counter() - t
-        path = bundles.publish(root, staging, build_id)
+        path = bundles.publish(root, staged)
         removed = bundles.prune(root, config.keep_builds)
         if removed:
             log.info("pruned old builds: %s", ", ".join(removed))

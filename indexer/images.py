@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from indexer.errors import ImageError, ImageTooLargeError
 
@@ -23,6 +23,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
 DEFAULT_BACKGROUND = (124, 116, 104)
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# Decoded size guard: Pillow holds most modes at 4 bytes per pixel (RGB is stored as RGBX); a
+# 50-megapixel RGB poster is 200 MB decoded. Checked before any pixel is decoded.
+DEFAULT_MAX_DECODED_BYTES = 200_000_000
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+WIDE_PIXEL_BYTES = 4  # every other mode (RGB, RGBA, CMYK, I, F, LA, ...)
+# Large images are shrunk in their own mode to this many times the model input before any
+# conversion, so odd modes never go through a full-size RGB or floating-point copy.
+SHRINK_HEADROOM = 2
+# EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose; applied after shrinking)
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                  6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIXTEEN_BIT_SCALE = 257.0  # 65535 / 255
 
@@ -35,12 +48,28 @@ class DecodeConfig:
     resize: str = "pad"  # "pad" (letterbox, keeps the whole poster), "stretch", "center-crop"
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     background: tuple[int, int, int] = DEFAULT_BACKGROUND
+
+
+def _shrink(im: Image.Image, size: int) -> Image.Image:
+    """Reduce a much larger image to about SHRINK_HEADROOM x ``size`` in its own mode (box filter where
+    Pillow supports the mode, nearest neighbour otherwise): cheap, and bounded memory downstream."""
+    factor = min(im.size) // (size * SHRINK_HEADROOM)
+    if factor < 2:
+        return im
+    if im.mode == "1":
+        im = im.convert("L")  # same bytes per pixel; box-averaged 1-bit art keeps its grey levels
+    try:
+        return im.reduce(factor)
+    except ValueError:  # modes reduce() does not support (P, I;16, ...)
+        w, h = im.size
+        return im.resize((max(1, w // factor), max(1, h // factor)), Image.Resampling.NEAREST)
 
 
 def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if im.mode in _SIXTEEN_BIT_MODES or im.mode == "I":
-        arr = np.asarray(im, dtype=np.float64)
+        arr = np.asarray(im, dtype=np.float32)  # small by now (_shrink): no full-size float copy
         scale = _SIXTEEN_BIT_SCALE if im.mode in _SIXTEEN_BIT_MODES or arr.max(initial=0) > 255 else 1.0
         im = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8))
     elif im.mode == "F":
@@ -93,8 +122,15 @@ def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
                 raise ImageTooLargeError(f"image is {w}x{h} = {w * h} pixels, limit is {config.max_pixels}")
             if w < 1 or h < 1:
                 raise ImageError(f"image has no pixels ({w}x{h})")
+            decoded = w * h * BYTES_PER_PIXEL.get(im.mode, WIDE_PIXEL_BYTES)
+            if decoded > config.max_decoded_bytes:
+                raise ImageTooLargeError(f"image is {w}x{h} in mode {im.mode} = {decoded} bytes decoded, "
+                                         f"limit is {config.max_decoded_bytes}")
+            orientation = im.getexif().get(EXIF_ORIENTATION_TAG)
             im.draft("RGB", (config.size, config.size))  # JPEG: decode at reduced scale, much faster
-            im = ImageOps.exif_transpose(im)
+            im = _shrink(im, config.size)
+            if orientation in EXIF_TRANSPOSE:
+                im = im.transpose(EXIF_TRANSPOSE[orientation])
             rgb = _to_rgb(im, config.background)
             return np.asarray(_fit(rgb, config.size, config.resize, config.background), dtype=np.uint8)
     except ImageError:

@@ -9,6 +9,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server import runtime
+from server.admission import Admission, AdmissionLimits
 from server.interceptors import ServiceInterceptor
 from server.metrics import Metrics
 from server.reloader import BundleManager
@@ -31,14 +33,14 @@ class TlsConfig:
 class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0: any free port (the bound port is returned)
-    workers: int = 8
+    admission: AdmissionLimits = AdmissionLimits()  # calls of each cost class at once; threads follow
     tls: TlsConfig | None = None
     token: str | None = None  # bearer token required on every PosterSimilarity call
     access_log: bool = False
 
 
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]
+    pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]  # checked by server.tls before we get here
     if tls.client_ca is None:
         return grpc.ssl_server_credentials(pair)
     return grpc.ssl_server_credentials(pair, root_certificates=tls.client_ca.read_bytes(),
@@ -46,15 +48,20 @@ def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 
 
 def create_server(manager: BundleManager, config: ServerConfig, metrics: Metrics | None = None,
-                  health_servicer: health.HealthServicer | None = None) -> tuple[grpc.Server, int]:
+                  health_servicer: health.HealthServicer | None = None, admission: Admission | None = None
+                  ) -> tuple[grpc.Server, int]:
     """Build (not start) the server and bind it; returns (server, bound port).
 
-    Health is NOT_SERVING until the manager has a bundle, then SERVING.
+    Applies the process-wide serving settings (``server.runtime``). Health is NOT_SERVING until
+    the manager has a bundle, then SERVING; it has threads of its own (``AdmissionLimits.threads``
+    reserves them), so it answers while every search slot is busy.
     """
+    runtime.apply()
     max_message = manager.limits.max_image_bytes + MESSAGE_OVERHEAD_BYTES
+    admission = admission or Admission(config.admission)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor(SERVICE_NAME, config.token, metrics, config.access_log)],
+        ThreadPoolExecutor(max_workers=config.admission.threads, thread_name_prefix="rpc"),
+        interceptors=[ServiceInterceptor(SERVICE_NAME, config.token, metrics, config.access_log, admission)],
         options=[("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message),
                  ("grpc.so_reuseport", 0)],
     )
@@ -73,6 +80,8 @@ def create_server(manager: BundleManager, config: ServerConfig, metrics: Metrics
     manager.add_listener(on_bundle)
     if manager.current is not None:
         on_bundle(manager.current)
+    if metrics is not None:
+        metrics.watch(manager, admission)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     address = f"{config.host}:{config.port}"

@@ -1,7 +1,10 @@
 """``posters-serve``: serve k-nearest-poster queries from a published index root.
 
-Binds 127.0.0.1 by default. Reloads the bundle when ROOT/CURRENT changes
-(polling, or at once on SIGHUP); shuts down gracefully on SIGTERM/SIGINT.
+Binds 127.0.0.1 by default. Reloads the bundle when ROOT/CURRENT changes (polling, or at once
+on SIGHUP); a bundle that fails its checks is logged and retried with backoff while the last good
+one keeps serving. Calls are admitted per cost class (queries, batches, image searches); a full
+class answers RESOURCE_EXHAUSTED at once. SIGTERM/SIGINT: health NOT_SERVING, in-flight work is
+stopped at its next check, and the process exits within --grace seconds.
 """
 from __future__ import annotations
 
@@ -13,14 +16,48 @@ import sys
 import threading
 from pathlib import Path
 
-# FAISS/OpenMP: each request runs single-threaded (faster for one query on 2 cores),
-# and idle OpenMP threads must not spin. Must be set before faiss is imported.
+# Read when FAISS/OpenBLAS/TensorFlow are first imported, so set before any of them is.
 THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 TOKEN_ENV = "POSTERS_TOKEN"
-# FAISS uses BLAS (one matrix multiply reading the vectors once) when queries x dim reaches this:
-# BatchSearch calls of >= 8 vector queries at d = 512, >= 4 at d = 1280 (8 queries at 60k x 1280: 52 ms
-# instead of 204 ms). FAISS's default (128000) would need 100+ queries.
-BLAS_THRESHOLD = 8 * 512
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+EXIT_USAGE = 2
+
+
+def _positive(kind: type) -> "argparse._ActionType":
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+class StartupError(Exception):
+    """A configuration problem found before the server starts (one line, exit code 2)."""
+
+
+def _read_token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"cannot read --token-file {args.token_file}: {exc}") from exc
+        if not token:
+            raise StartupError(f"--token-file {args.token_file} is empty: refusing to start without auth "
+                               f"when a token was asked for")
+        return token
+    if TOKEN_ENV in os.environ:
+        token = os.environ[TOKEN_ENV].strip()
+        if not token:
+            raise StartupError(f"${TOKEN_ENV} is set but empty: refusing to start without auth "
+                               f"when a token was asked for (unset it to run without a token)")
+        return token
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,17 +67,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (use 0.0.0.0 only behind TLS/auth)")
     p.add_argument("--port", type=int, default=50051, help="port (0: any free port)")
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
-    p.add_argument("--workers", type=int, default=8, help="request threads")
-    p.add_argument("--search-threads", type=int, default=1, help="FAISS threads per request")
+    p.add_argument("--workers", type=_positive(int), default=8,
+                   help="concurrent queries (item, items, vector, lookups); more are refused with "
+                        "RESOURCE_EXHAUSTED")
+    p.add_argument("--batch-slots", type=_positive(int), default=2, help="concurrent BatchSearch calls")
+    p.add_argument("--image-slots", type=_positive(int), default=2, help="concurrent SearchByImage calls")
+    p.add_argument("--embedding-permits", type=_positive(int), default=2,
+                   help="concurrent image decode+embed operations (SearchByImage and images in batches)")
+    p.add_argument("--search-threads", type=_positive(int), default=1, help="FAISS threads per request")
     p.add_argument("--coalesce", action="store_true",
                    help="batch concurrent single queries on flat indexes into one FAISS call (measure first: "
                         "scripts/bench_concurrency.py; it did not pay off on 2 cores)")
-    p.add_argument("--poll", type=float, default=5.0, help="seconds between checks of ROOT/CURRENT")
+    p.add_argument("--poll", type=_positive(float), default=5.0, help="seconds between checks of ROOT/CURRENT")
+    p.add_argument("--require-same-model", action="store_true",
+                   help="refuse to reload a bundle whose model or dimension differs from the serving one")
     p.add_argument("--no-image-search", action="store_true", help="do not load the CNN (SearchByImage disabled)")
-    p.add_argument("--max-k", type=int, default=1000, help="largest k a client may ask for")
-    p.add_argument("--max-batch", type=int, default=256, help="most queries in one BatchSearch")
-    p.add_argument("--max-image-bytes", type=int, default=10 * 1024 * 1024, help="largest uploaded image")
-    p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="largest uploaded image in pixels")
+    p.add_argument("--max-k", type=_positive(int), default=1000, help="largest k a client may ask for")
+    p.add_argument("--max-batch", type=_positive(int), default=256, help="most queries in one BatchSearch")
+    p.add_argument("--max-image-bytes", type=_positive(int), default=10 * 1024 * 1024, help="largest uploaded image")
+    p.add_argument("--max-image-pixels", type=_positive(int), default=40_000_000,
+                   help="largest uploaded image in pixels (decoded size is capped at 4 bytes per pixel)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates signed by it (mTLS)")
@@ -50,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="expose Prometheus metrics on 127.0.0.1:PORT/metrics")
     p.add_argument("--access-log", action="store_true", help="log every request (method, status, latency, id)")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
-    p.add_argument("--grace", type=float, default=5.0, help="seconds to finish in-flight requests on shutdown")
+    p.add_argument("--grace", type=_positive(float), default=5.0,
+                   help="seconds in-flight requests get on shutdown; their work is stopped, the process exits")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -59,43 +106,59 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for key, value in THREAD_ENV.items():
         os.environ.setdefault(key, value)
+    from server import logs
+
+    logs.configure(logging.DEBUG if args.verbose else logging.INFO, json_lines=args.log_format == "json")
+    log = logging.getLogger("posters-serve")
+    try:
+        return _serve(args, log)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
     from grpc_health.v1 import health
 
-    from server import logs
+    from server.admission import AdmissionLimits, EmbeddingGate
     from server.app import ServerConfig, TlsConfig, create_server
     from server.metrics import Metrics
     from server.reloader import BundleManager
     from server.searcher import SearchLimits
+    from server.tls import TlsError, check_server_files
 
-    import faiss
-
-    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
-    logs.configure(logging.DEBUG if args.verbose else logging.INFO, json_lines=args.log_format == "json")
-    log = logging.getLogger("posters-serve")
     if (args.tls_cert is None) != (args.tls_key is None):
-        log.error("--tls-cert and --tls-key go together")
-        return 2
-    token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV) or None
+        raise StartupError("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert is not None:
+        try:
+            check_server_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except TlsError as exc:
+            raise StartupError(str(exc)) from exc
+        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+    token = _read_token(args)
     limits = SearchLimits(max_k=args.max_k, max_batch=args.max_batch, max_image_bytes=args.max_image_bytes,
                           max_image_pixels=args.max_image_pixels)
+    admission = AdmissionLimits(query=args.workers, batch=args.batch_slots, image=args.image_slots,
+                                embedding_permits=args.embedding_permits)
     manager = BundleManager(args.index, limits, image_search=not args.no_image_search,
-                            threads=args.search_threads, poll_interval=args.poll, coalesce=args.coalesce)
+                            threads=args.search_threads, poll_interval=args.poll, coalesce=args.coalesce,
+                            require_same_model=args.require_same_model,
+                            embedding_gate=EmbeddingGate(admission.embedding_permits))
     if not manager.reload():
-        log.warning("no bundle loaded from %s yet (%s); health is NOT_SERVING until one is published",
+        log.warning("no bundle loaded from %s yet (%s); health is NOT_SERVING until one loads",
                     args.index, manager.last_error or "no CURRENT")
     metrics = Metrics()
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    config = ServerConfig(host=args.host, port=args.port, workers=args.workers, tls=tls, token=token,
+    config = ServerConfig(host=args.host, port=args.port, admission=admission, tls=tls, token=token,
                           access_log=args.access_log)
     try:
         server, port = create_server(manager, config, metrics, health_servicer)
-    except OSError as exc:
-        log.error("%s", exc)
-        return 2
+    except (OSError, RuntimeError) as exc:
+        raise StartupError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     if args.metrics_port is not None:
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics.serve_http(args.metrics_port))
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not (tls or token):
+    if args.host not in LOOPBACK_HOSTS and not (tls or token):
         log.warning("listening on %s without TLS or a token: anyone who can reach this address can query",
                     args.host)
     server.start()
@@ -113,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("shutting down (grace %.1fs)", args.grace)
     health_servicer.enter_graceful_shutdown()
-    server.stop(args.grace).wait()
-    manager.stop()
+    manager.stop()  # sets the stopping flag first: in-flight work stops at its next check
+    server.stop(args.grace).wait(args.grace)
     log.info("stopped")
     return 0
 

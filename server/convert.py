@@ -2,13 +2,16 @@
 besides the servicer registration and the client that touches generated code."""
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server._proto import posters_pb2 as pb
 from server.errors import InvalidArgument
 from server.types import (Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult,
                           VectorQuery)
+
+if TYPE_CHECKING:
+    from indexer.bundle import Manifest
+    from server.reloader import ReloadStatus
 
 DEFAULT_WEIGHT = 1.0
 
@@ -73,14 +76,20 @@ def result_to_proto(result: SearchResult) -> pb.SearchResponse:
     return response
 
 
-def info_to_proto(info: dict[str, Any], limits: Any, manifest: dict[str, Any]) -> pb.IndexInfo:
+def info_to_proto(info: dict[str, Any], limits: Any, manifest: Manifest, status: ReloadStatus) -> pb.IndexInfo:
     return pb.IndexInfo(
         **info,
+        desired_version=status.desired_version,
+        reload_failures=status.reload_failures,
+        last_reload_error=status.last_error,
+        previous_bundle_version=status.previous_version,
+        previous_model=status.previous_model,
+        previous_dimension=status.previous_dimension,
         max_k=limits.max_k,
         max_batch=limits.max_batch,
         max_image_bytes=limits.max_image_bytes,
         max_image_pixels=limits.max_image_pixels,
-        manifest_json=json.dumps(manifest, sort_keys=True),
+        manifest_json=manifest.to_json(),
     )
 
 

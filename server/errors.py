@@ -29,3 +29,11 @@ class Unavailable(SearchError):
 
 class Unauthenticated(SearchError):
     """Missing or wrong credentials."""
+
+
+class Cancelled(SearchError):
+    """The client cancelled the call; the work for it was stopped."""
+
+
+class DeadlineExceeded(SearchError):
+    """The call's deadline passed; the work for it was stopped."""

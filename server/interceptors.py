@@ -1,17 +1,19 @@
-"""One interceptor for the service's methods: request ids, bearer-token auth,
-domain error -> status mapping (the one place it happens), metrics, access log."""
+"""One interceptor for the service's methods: request ids, bearer-token auth, admission
+control, domain error -> status mapping (the one place it happens), metrics, access log."""
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grpc
 
-from server.errors import (FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, SearchError,
-                           Unauthenticated, Unavailable)
+from server.admission import Admission
+from server.errors import (Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
+                           ResourceExhausted, SearchError, Unauthenticated, Unavailable)
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -23,8 +25,12 @@ STATUS_BY_ERROR: dict[type[SearchError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 REQUEST_ID_KEY = "x-request-id"
+AUTHORIZATION_KEY = "authorization"
+AUTH_SCHEME = "bearer"  # compared case-insensitively (RFC 7235)
 MAX_REQUEST_ID_CHARS = 64
 
 
@@ -43,20 +49,29 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     """Wraps the unary methods under ``/<service>/``; other services (health, reflection) pass through."""
 
     def __init__(self, service_name: str, token: str | None = None, metrics: Metrics | None = None,
-                 access_log: bool = False) -> None:
+                 access_log: bool = False, admission: Admission | None = None) -> None:
+        if token is not None and not token.strip():
+            raise ValueError("token expected a non-empty string (an empty token would turn auth off)")
         self._prefix = f"/{service_name}/"
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._token = token.strip().encode() if token else None
         self._metrics = metrics
         self._access_log = access_log
+        self._admission = admission
         self._wrapped: dict[str, Any] = {}  # method -> wrapped handler (handlers are static per method)
 
-    def _check_auth(self, metadata: dict[str, str]) -> None:
-        if self._expected is None:
+    def _check_auth(self, metadata: Sequence[tuple[str, Any]]) -> None:
+        if self._token is None:
             return
-        given = metadata.get("authorization", "").encode()
-        if not hmac.compare_digest(given, self._expected):
-            raise Unauthenticated("authorization metadata expected 'Bearer <token>' with the server's token"
-                                  + ("; got none" if not given else "; got a different token"))
+        values = [v for k, v in metadata if k == AUTHORIZATION_KEY]
+        if len(values) > 1:
+            raise Unauthenticated(f"expected one authorization header, got {len(values)}")
+        given = values[0] if values and isinstance(values[0], str) else ""
+        scheme, _, credentials = given.strip().partition(" ")
+        if scheme.lower() != AUTH_SCHEME:
+            raise Unauthenticated("authorization metadata expected 'Bearer <token>'; got "
+                                  + ("none" if not given else f"scheme {scheme[:20]!r}"))
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+            raise Unauthenticated("authorization metadata expected the server's bearer token; got a different token")
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         wrapped = self._wrapped.get(details.method)
@@ -74,14 +89,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
-            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-            request_id = metadata.get(REQUEST_ID_KEY, "")[:MAX_REQUEST_ID_CHARS]
+            metadata = tuple(context.invocation_metadata() or ())
+            request_id = next((v for k, v in metadata if k == REQUEST_ID_KEY and isinstance(v, str)),
+                              "")[:MAX_REQUEST_ID_CHARS]
             if request_id:  # echo the client's id; otherwise one is made only when something is logged
                 context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             code = grpc.StatusCode.OK
             try:
                 self._check_auth(metadata)
-                return inner(request, context)
+                with self._admission.admit(method) if self._admission else contextlib.nullcontext():
+                    return inner(request, context)
             except SearchError as exc:
                 code = status_for(exc)
                 if code is grpc.StatusCode.UNAVAILABLE:

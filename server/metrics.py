@@ -5,9 +5,47 @@ over HTTP on loopback when ``--metrics-port`` is given.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from server.searcher import Searcher
+
+if TYPE_CHECKING:
+    from server.admission import Admission
+    from server.reloader import BundleManager
+
+
+class _StateCollector(Collector):
+    """Reads reload and admission state at scrape time (no copies to keep in sync)."""
+
+    def __init__(self, manager: BundleManager, admission: Admission) -> None:
+        self._manager = manager
+        self._admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._manager.status()
+        yield CounterMetricFamily("posters_reload_failures", "Failed bundle reload attempts",
+                                  value=status.reload_failures)
+        desired = GaugeMetricFamily("posters_bundle_desired_info", "The bundle CURRENT names (value 1)",
+                                    labels=["version"])
+        desired.add_metric([status.desired_version], 1)
+        yield desired
+        yield GaugeMetricFamily("posters_bundle_stale", "1 while the serving bundle is not the one CURRENT names",
+                                value=int(status.stale))
+        in_flight = GaugeMetricFamily("posters_calls_in_flight", "Admitted calls by cost class", labels=["cost"])
+        rejected = CounterMetricFamily("posters_calls_rejected", "Calls refused because their cost class was "
+                                       "full (RESOURCE_EXHAUSTED)", labels=["cost"])
+        for cls, n in self._admission.in_flight().items():
+            in_flight.add_metric([cls], n)
+        for cls, n in self._admission.rejected.items():
+            rejected.add_metric([cls.value], n)
+        yield in_flight
+        yield rejected
+        yield CounterMetricFamily("posters_image_embeddings", "Image embeddings started",
+                                  value=self._manager.embedding_gate.started)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -35,6 +73,10 @@ class Metrics:
         self.bundle.labels(info["bundle_version"], info["model"], info["index_type"]).set(1)
         self.items.set(info["item_count"])
         self.loaded_at.set(info["loaded_at"])
+
+    def watch(self, manager: BundleManager, admission: Admission) -> None:
+        """Expose reload status (desired vs serving, failures) and admission counts."""
+        self.registry.register(_StateCollector(manager, admission))
 
     def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve /metrics on a daemon thread; returns the bound port (``port`` 0: any free port)."""

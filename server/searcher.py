@@ -20,10 +20,13 @@ import pandas as pd
 from indexer.bundle import Bundle
 from server.coalescer import Coalescer
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from server.guard import UNGUARDED, CallGuard
 from server.types import (Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult,
                           VectorQuery)
 
 log = logging.getLogger(__name__)
+
+ZERO_QUERY_NORM = 1e-6  # a weighted query this small relative to its largest component is "zero"
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class SearchLimits:
 class ImageEmbedder(Protocol):
     """Embeds one encoded image exactly as the bundle's posters were embedded."""
 
-    def embed_image(self, data: bytes) -> np.ndarray: ...
+    def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray: ...
 
 
 def _genres(value: str) -> tuple[str, ...]:
@@ -100,7 +103,24 @@ class Searcher:
             raise InvalidArgument(f"k expected 1..{self.limits.max_k} (0 for the default {self.limits.default_k}), got {options.k}")
         return k
 
+    @property
+    def index_type(self) -> str:
+        return self.manifest.index.type
+
+    def warm_up(self) -> None:
+        """Exercise every path a request can take (table, index at the largest k, reconstruction) once,
+        so a bundle that cannot answer fails here, off the request path, and not in front of a client."""
+        if not self.item_count:
+            return
+        first = int(self.ids[0])
+        k = min(self.limits.max_k, max(1, self.item_count - 1))
+        self.similar_to_item(first, SearchOptions(k=min(k, self.table_k) or k))
+        self.search_vector(self._vector_of(first), SearchOptions(k=k))
+        self.similar_to_item(first, SearchOptions(k=k, exact=True, exclude_ids=(first,)))
+
     def _row_of(self, item_id: int, what: str = "item") -> int:
+        if item_id < 0:
+            raise InvalidArgument(f"{what} id expected a non-negative int64, got {item_id}")
         row = self._row.get(int(item_id))
         if row is None:
             raise NotFound(f"{what} {item_id} is not in bundle {self.version} ({self.item_count} items)")
@@ -122,7 +142,7 @@ class Searcher:
         return k
 
     def _normalized(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
-        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        v = np.asarray(vector, dtype=np.float64).reshape(-1)  # float64: 3e38-sized values do not overflow
         if v.size != self.dim:
             raise InvalidArgument(f"vector dimension expected {self.dim} (bundle {self.version}), got {v.size}")
         if not np.isfinite(v).all():
@@ -207,7 +227,7 @@ class Searcher:
         return self._search(self._vector_of(item_id)[None, :], options, k, {int(item_id)})
 
     def _weighted_sum(self, items: Sequence[tuple[int, float]], what: str) -> np.ndarray:
-        total = np.zeros(self.dim, np.float32)
+        total = np.zeros(self.dim, np.float64)  # float64: large weights do not overflow to inf
         for item_id, weight in items:
             if not math.isfinite(weight) or weight <= 0:
                 raise InvalidArgument(f"{what} weight of item {item_id} expected > 0, got {weight}")
@@ -224,7 +244,7 @@ class Searcher:
         self._check_ids(positive, "positive")
         self._check_ids(negative, "negative")
         q = self._weighted_sum(positive, "positive") - self._weighted_sum(negative, "negative")
-        if not np.isfinite(q).all() or float(np.linalg.norm(q)) < 1e-12:
+        if not np.isfinite(q).all() or float(np.linalg.norm(q)) <= ZERO_QUERY_NORM * max(1.0, np.abs(q).max()):
             raise InvalidArgument("the weighted query (positives minus negatives) is the zero vector")
         exclude = {int(i) for i, _ in positive} | {int(i) for i, _ in negative}
         return self._search(self._normalized(q), options, k, exclude)
@@ -233,7 +253,7 @@ class Searcher:
         k = self._check_options(options)
         return self._search(self._normalized(vector), options, k, set())
 
-    def embed_image(self, data: bytes) -> np.ndarray:
+    def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
         if not data:
             raise InvalidArgument("image expected non-empty encoded bytes, got 0 bytes")
         if len(data) > self.limits.max_image_bytes:
@@ -241,13 +261,15 @@ class Searcher:
         if self.image_embedder is None:
             raise FailedPrecondition(f"image search is unavailable for bundle {self.version}: "
                                      f"{self.image_unavailable_reason or 'no embedder'}")
-        return self.image_embedder.embed_image(data)
+        guard.check("image search")
+        return self.image_embedder.embed_image(data, guard)
 
-    def search_image(self, data: bytes, options: SearchOptions = SearchOptions()) -> SearchResult:
+    def search_image(self, data: bytes, options: SearchOptions = SearchOptions(),
+                     guard: CallGuard = UNGUARDED) -> SearchResult:
         k = self._check_options(options)
-        return self._search(self._normalized(self.embed_image(data)), options, k, set())
+        return self._search(self._normalized(self.embed_image(data, guard)), options, k, set())
 
-    def search(self, query: Query) -> SearchResult:
+    def search(self, query: Query, guard: CallGuard = UNGUARDED) -> SearchResult:
         if isinstance(query, ItemQuery):
             return self.similar_to_item(query.item_id, query.options)
         if isinstance(query, ItemsQuery):
@@ -255,11 +277,13 @@ class Searcher:
         if isinstance(query, VectorQuery):
             return self.search_vector(query.vector, query.options)
         if isinstance(query, ImageQuery):
-            return self.search_image(query.data, query.options)
+            return self.search_image(query.data, query.options, guard)
         raise InvalidArgument(f"query expected item, items, vector or image, got {type(query).__name__}")
 
-    def batch(self, queries: Sequence[Query]) -> list[SearchResult]:
-        """Answer many queries; plain vector queries sharing options go through FAISS in one call."""
+    def batch(self, queries: Sequence[Query], guard: CallGuard = UNGUARDED) -> list[SearchResult]:
+        """Answer many queries; plain vector queries sharing options go through FAISS in one call.
+
+        ``guard`` is checked before every query: a cancelled or expired call stops between items."""
         if not queries:
             raise InvalidArgument("queries expected at least one, got none")
         if len(queries) > self.limits.max_batch:
@@ -267,12 +291,13 @@ class Searcher:
         results: list[SearchResult | None] = [None] * len(queries)
         groups: dict[SearchOptions, list[tuple[int, np.ndarray, int]]] = {}
         for pos, query in enumerate(queries):
+            guard.check(f"batch query {pos}")
             try:
                 if isinstance(query, VectorQuery) and not query.options.candidate_ids:
                     k = self._check_options(query.options)
                     groups.setdefault(query.options, []).append((pos, self._normalized(query.vector), k))
                 else:
-                    results[pos] = self.search(query)
+                    results[pos] = self.search(query, guard)
             except (InvalidArgument, NotFound, ResourceExhausted, FailedPrecondition) as exc:
                 raise type(exc)(f"query {pos}: {exc}") from exc
         for options, members in groups.items():
@@ -309,11 +334,11 @@ class Searcher:
     def info(self) -> dict[str, Any]:
         return {
             "bundle_version": self.version,
-            "model": str(self.manifest.get("model", "")),
+            "model": self.manifest.model,
             "dimension": self.dim,
-            "index_type": "flat" if self.is_exact_index else "ivf",
+            "index_type": self.index_type,
             "item_count": self.item_count,
-            "failure_count": int(self.manifest.get("failure_count", 0)),
+            "failure_count": self.manifest.failure_count,
             "default_nprobe": self.default_nprobe,
             "neighbour_table_k": self.table_k,
             "image_search": self.image_embedder is not None,

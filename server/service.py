@@ -10,6 +10,7 @@ from server import convert
 from server._proto import posters_pb2 as pb
 from server._proto import posters_pb2_grpc as pb_grpc
 from server.errors import InvalidArgument
+from server.guard import CallGuard
 from server.reloader import BundleManager
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PosterSimilarity"].full_name
@@ -18,6 +19,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PosterSimilarity"].full_name
 class PosterSimilarityServicer(pb_grpc.PosterSimilarityServicer):
     def __init__(self, manager: BundleManager) -> None:
         self._manager = manager
+
+    def _guard(self, context: grpc.ServicerContext) -> CallGuard:
+        return CallGuard(context.is_active, context.time_remaining, self._manager.stopping)
 
     def SimilarToItem(self, request: pb.SimilarToItemRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         q = convert.item_query(request)
@@ -33,12 +37,13 @@ class PosterSimilarityServicer(pb_grpc.PosterSimilarityServicer):
 
     def SearchByImage(self, request: pb.SearchByImageRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         q = convert.image_query(request)
-        return convert.result_to_proto(self._manager.require().search_image(q.data, q.options))
+        return convert.result_to_proto(self._manager.require().search_image(q.data, q.options,
+                                                                            self._guard(context)))
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
         searcher = self._manager.require()
         queries = [convert.query_from_proto(q, i) for i, q in enumerate(request.queries)]
-        results = searcher.batch(queries)
+        results = searcher.batch(queries, self._guard(context))
         return pb.BatchSearchResponse(results=[convert.result_to_proto(r) for r in results],
                                       bundle_version=searcher.version)
 
@@ -54,7 +59,7 @@ class PosterSimilarityServicer(pb_grpc.PosterSimilarityServicer):
 
     def GetIndexInfo(self, request: pb.GetIndexInfoRequest, context: grpc.ServicerContext) -> pb.IndexInfo:
         searcher = self._manager.require()
-        return convert.info_to_proto(searcher.info(), searcher.limits, searcher.manifest)
+        return convert.info_to_proto(searcher.info(), searcher.limits, searcher.manifest, self._manager.status())
 
 
 class _Malformed:

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import grpc
 
+from server.admission import Admission, AdmissionLimits, EmbeddingGate
 from server.app import ServerConfig, create_server
 from server.client import PosterClient
 from server.metrics import Metrics
@@ -22,6 +23,7 @@ class Served:
     manager: BundleManager
     port: int
     metrics: Metrics
+    admission: Admission
 
     @property
     def target(self) -> str:
@@ -30,16 +32,19 @@ class Served:
 
 @contextlib.contextmanager
 def serve(root: Path, image_search: bool = False, limits: SearchLimits | None = None, token: str | None = None,
-          tls=None, client_kwargs: dict | None = None) -> Iterator[Served]:
-    manager = BundleManager(root, limits or SearchLimits(), image_search=image_search, poll_interval=3600)
+          tls=None, client_kwargs: dict | None = None, admission: AdmissionLimits = AdmissionLimits(),
+          poll_interval: float = 3600) -> Iterator[Served]:
+    manager = BundleManager(root, limits or SearchLimits(), image_search=image_search, poll_interval=poll_interval,
+                            embedding_gate=EmbeddingGate(admission.embedding_permits))
     manager.reload()
     metrics = Metrics()
-    server, port = create_server(manager, ServerConfig(host="127.0.0.1", port=0, workers=8, token=token, tls=tls),
-                                 metrics)
+    gate = Admission(admission)
+    server, port = create_server(manager, ServerConfig(host="127.0.0.1", port=0, token=token, tls=tls,
+                                                       admission=admission), metrics, admission=gate)
     server.start()
     client = PosterClient(f"127.0.0.1:{port}", **(client_kwargs or {}))
     try:
-        yield Served(client, manager, port, metrics)
+        yield Served(client, manager, port, metrics, gate)
     finally:
         client.close()
         server.stop(None).wait()

@@ -34,9 +34,9 @@ def test_each_index_type_on_generated_catalog(tmp_path: Path, demo_catalog: Path
                    embedder=lite_embedder)
     b = bundles.load_bundle(bundles.current_path(tmp_path))
     assert report.item_count == DEMO_COUNT == b.index.ntotal
-    assert b.manifest["index"]["type"] == ("flat" if kind == "auto" else kind)
-    assert b.manifest["dim"] == lite_embedder.dim
-    assert b.manifest["embedder"]["fingerprint"] == lite_embedder.fingerprint
+    assert b.manifest.index.type == ("flat" if kind == "auto" else kind)
+    assert b.manifest.dim == lite_embedder.dim
+    assert b.manifest.embedder.fingerprint == lite_embedder.fingerprint
     assert b.items["item_id"].tolist() == list(range(1, DEMO_COUNT + 1))
     # every stored vector is unit-length and search finds each poster as its own best match
     x = np.vstack([b.index.reconstruct(int(i)) for i in b.items["item_id"]])
@@ -49,14 +49,13 @@ def test_bundle_round_trip_and_manifest(demo_root: Path) -> None:
     path = bundles.current_path(demo_root)
     b = bundles.load_bundle(path)
     m = b.manifest
-    for key in ("model", "embedder", "dim", "metric", "normalization", "index", "item_count", "failure_count",
-                "created_at", "versions", "files", "phase_seconds", "neighbours"):
-        assert key in m, key
-    assert m["metric"] == "inner_product" and m["normalization"] == "l2"
-    assert m["embedder"]["resize"] == "pad" and m["embedder"]["pooling"] == "avg"
-    assert m["embedder"]["input_size"] == 224 and m["embedder"]["weights"] == "imagenet"
-    assert set(m["files"]) == {"index.faiss", "items.csv", "failures.csv", "neighbour_ids.npy", "neighbour_scores.npy"}
-    assert {"numpy", "faiss-cpu", "keras", "pillow", "python"} <= set(m["versions"])
+    assert m.format_version == bundles.FORMAT_VERSION and m.build_id == path.name
+    assert m.metric == "inner_product" and m.normalization == "l2"
+    assert m.embedder is not None and m.embedder.resize == "pad" and m.embedder.pooling == "avg"
+    assert m.embedder.input_size == 224 and m.embedder.weights == "imagenet"
+    assert set(m.files) == {"index.faiss", "items.csv", "failures.csv", "neighbour_ids.npy", "neighbour_scores.npy"}
+    assert {"numpy", "faiss-cpu", "keras", "pillow", "python"} <= set(m.versions)
+    assert m.item_count == DEMO_COUNT and m.neighbours.k == 20 and set(m.phase_seconds) >= {"embed", "index"}
     assert b.neighbour_ids.shape == (DEMO_COUNT, 20)
     titles = pd.read_csv(path / "items.csv")["title"]
     assert titles.str.contains(r"\(\d{4}\)$").all()
@@ -156,8 +155,10 @@ def test_disk_full_during_write_keeps_current(tmp_path: Path, monkeypatch: pytes
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(bundles.np, "save", full)  # the neighbour table write fails mid-bundle
-    with pytest.raises(OSError, match="No space left"):
+    from indexer.bundle import writer
+
+    monkeypatch.setattr(writer.np, "save", full)  # the neighbour table write fails mid-bundle
+    with pytest.raises(BuildError, match="No space left.*CURRENT unchanged"):
         build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"),
                           pipeline=QUIET, neighbours_k=5))
     monkeypatch.undo()
@@ -201,7 +202,7 @@ def test_precomputed_formats(tmp_path: Path, fmt: str, demo_catalog: Path) -> No
     build(BuildConfig(index_root=tmp_path / "root", precomputed=pre, pipeline=QUIET, neighbours_k=0,
                       catalog=CatalogConfig(demo_catalog / "posters", demo_catalog / "movies.csv")))
     b = bundles.load_bundle(bundles.current_path(tmp_path / "root"))
-    assert b.manifest["model"] == "precomputed" and b.manifest["embedder"] is None
+    assert b.manifest.model == "precomputed" and b.manifest.embedder is None
     assert b.items["item_id"].tolist() == ids.tolist()
     assert b.items["title"].iloc[0] == pd.read_csv(demo_catalog / "movies.csv")["title"].iloc[0]
     np.testing.assert_allclose(b.index.reconstruct(5), x[4] / np.linalg.norm(x[4]), atol=1e-6)
@@ -289,6 +290,6 @@ def test_kill_9_during_build_keeps_current_then_resumes_from_cache(tmp_path: Pat
 def test_info_cli(demo_root: Path) -> None:
     out = _cli("info", str(demo_root))
     assert out.returncode == 0, out.stderr
-    assert "checksums     OK" in out.stdout and f"items         {DEMO_COUNT}" in out.stdout
+    assert "checks        OK" in out.stdout and f"items         {DEMO_COUNT}" in out.stdout
     manifest = json.loads(_cli("info", str(demo_root), "--json").stdout)
-    assert manifest["item_count"] == DEMO_COUNT
+    assert manifest["item_count"] == DEMO_COUNT and manifest["format_version"] == bundles.FORMAT_VERSION

@@ -42,7 +42,7 @@ def test_ivf_params_are_stored_and_reconstruct_works() -> None:
     x = clustered_vectors(4000, 32, seed=3)
     ids = np.arange(4000, dtype=np.int64) + 1_000_000
     built = build_index(x, ids, IndexSpec(kind="ivf", nlist=40, nprobe=5))
-    assert built.params["nlist"] == 40 and built.params["nprobe"] == 5 and built.index.nprobe == 5
+    assert built.params.nlist == 40 and built.params.nprobe == 5 and built.index.nprobe == 5
     np.testing.assert_allclose(built.index.reconstruct(1_000_123), x[123], atol=1e-6)
 
 
@@ -87,9 +87,9 @@ def test_ivf_recall_on_20k_clustered_precomputed(tmp_path: Path) -> None:
     build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "pre.npz"),
                       index=IndexSpec(kind="ivf"), pipeline=QUIET, neighbours_k=0))
     b = bundles.load_bundle(bundles.current_path(root))
-    assert b.manifest["index"]["type"] == "ivf"
+    assert b.manifest.index.type == "ivf"
     _, found = b.index.search(q, 10)  # default nprobe from the bundle
     _, truth_rows = brute_force(x, q, 10)
     recall = recall_at_k(found, ids[truth_rows])
-    assert recall >= 0.95, (recall, b.manifest["index"])
-    assert b.manifest["index"]["nprobe"] < b.manifest["index"]["nlist"]  # it is really approximate
+    assert recall >= 0.95, (recall, b.manifest.index)
+    assert b.manifest.index.nprobe < b.manifest.index.nlist  # it is really approximate

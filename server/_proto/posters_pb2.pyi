@@ -170,7 +170,7 @@ class GetIndexInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("bundle_version", "model", "dimension", "index_type", "item_count", "failure_count", "default_nprobe", "neighbour_table_k", "max_k", "max_batch", "max_image_bytes", "max_image_pixels", "image_search", "loaded_at", "manifest_json")
+    __slots__ = ("bundle_version", "model", "dimension", "index_type", "item_count", "failure_count", "default_nprobe", "neighbour_table_k", "max_k", "max_batch", "max_image_bytes", "max_image_pixels", "image_search", "loaded_at", "manifest_json", "desired_version", "reload_failures", "last_reload_error", "previous_bundle_version", "previous_model", "previous_dimension")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,12 @@ class IndexInfo(_message.Message):
     IMAGE_SEARCH_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     model: str
     dimension: int
@@ -201,4 +207,10 @@ class IndexInfo(_message.Message):
     image_search: bool
     loaded_at: float
     manifest_json: str
-    def __init__(self, bundle_version: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., item_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., default_nprobe: _Optional[int] = ..., neighbour_table_k: _Optional[int] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., image_search: _Optional[bool] = ..., loaded_at: _Optional[float] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    desired_version: str
+    reload_failures: int
+    last_reload_error: str
+    previous_bundle_version: str
+    previous_model: str
+    previous_dimension: int
+    def __init__(self, bundle_version: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., item_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., default_nprobe: _Optional[int] = ..., neighbour_table_k: _Optional[int] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., image_search: _Optional[bool] = ..., loaded_at: _Optional[float] = ..., manifest_json: _Optional[str] = ..., desired_version: _Optional[str] = ..., reload_failures: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., previous_bundle_version: _Optional[str] = ..., previous_model: _Optional[str] = ..., previous_dimension: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,136 @@
+"""The bundle manifest: the typed, versioned contract between the indexer and the server.
+
+``manifest.json`` records everything the server needs to reproduce the build
+exactly (model, weights, preprocessing, pooling, dimension, metric, index type and
+parameters) plus provenance (timings, counts, library versions) and a checksum of
+every file in the bundle. It is a pydantic model: unknown keys, missing keys and
+wrong types are refused with a message naming the field.
+
+Format history (``format_version``):
+
+- 1: the first release; IVF recall stored as ``index.recall_at_10`` (measured on
+  items querying themselves).
+- 2: typed manifest; ``index.recall`` with ``recall_k`` and ``recall_queries``
+  (how the recall was measured). Format-1 bundles are read and converted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from indexer.errors import BundleError
+
+FORMAT_VERSION = 2
+OLDEST_READABLE_FORMAT = 1
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+V1_RECALL_KEY = "recall_at_10"
+V1_RECALL_K = 10
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FileEntry(_Frozen):
+    """Size and SHA-256 of one file of the bundle."""
+
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    bytes: int = Field(ge=0)
+
+
+class EmbedderInfo(_Frozen):
+    """How posters became vectors: enough to rebuild the exact embedder for image queries."""
+
+    model: str
+    weights: str
+    pooling: str
+    resize: str
+    init_seed: int = 0
+    input_size: int = Field(gt=0)
+    preprocessing: str
+    dim: int = Field(gt=0)
+    fingerprint: str
+
+
+class IndexParams(_Frozen):
+    """The FAISS index type and its default search parameters, with the recall they measured."""
+
+    type: str
+    exact: bool
+    nlist: int = Field(default=0, ge=0)
+    nprobe: int = Field(default=0, ge=0)
+    trained_on: int = Field(default=0, ge=0)
+    target_recall: float | None = None
+    recall: float | None = None  # recall@recall_k of the default parameters against exact search
+    recall_k: int = Field(default=0, ge=0)
+    recall_queries: str = ""  # how recall was measured: "held-in" (indexed items) or "held-out"
+    build_seconds: float = 0.0
+
+
+class NeighboursInfo(_Frozen):
+    """The precomputed item-to-item neighbour table (k = 0: none)."""
+
+    k: int = Field(default=0, ge=0)
+    exact: bool = True
+
+
+class Manifest(_Frozen):
+    format_version: int = FORMAT_VERSION
+    build_id: str = Field(min_length=1)
+    created_at: str
+    model: str  # backbone name, or the name given to precomputed vectors
+    embedder: EmbedderInfo | None  # None: built from precomputed vectors (no image search)
+    dim: int = Field(gt=0)
+    metric: Literal["inner_product"] = "inner_product"
+    normalization: Literal["l2"] = "l2"
+    index: IndexParams
+    neighbours: NeighboursInfo = NeighboursInfo()
+    item_count: int = Field(ge=0)
+    failure_count: int = Field(ge=0)
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+    source: dict[str, dict[str, str] | None] = Field(default_factory=dict)
+    embedding_counts: dict[str, int] = Field(default_factory=dict)
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 -> 2: the IVF recall key became typed fields."""
+    index = dict(data.get("index") or {})
+    if V1_RECALL_KEY in index:
+        index["recall"] = index.pop(V1_RECALL_KEY)
+        index["recall_k"] = V1_RECALL_K
+        index["recall_queries"] = "held-in"
+    return {**data, "index": index, "format_version": FORMAT_VERSION}
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """Parse manifest bytes (any readable format version); BundleError naming ``where`` otherwise."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{where} is corrupt: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{where} is corrupt: expected a JSON object, got {type(data).__name__}")
+    version = data.get("format_version")
+    if not isinstance(version, int) or not OLDEST_READABLE_FORMAT <= version <= FORMAT_VERSION:
+        raise BundleError(f"{where}: format_version expected {OLDEST_READABLE_FORMAT}..{FORMAT_VERSION}, "
+                          f"got {version!r} (a newer posters-index wrote it? upgrade this server)")
+    if version == 1:
+        data = _upgrade_v1(data)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BundleError(f"{where} is corrupt: {problems}") from None
+
+
+def manifest_digest(raw: bytes) -> str:
+    """Content identity of a bundle: the SHA-256 of its manifest (which holds every file's SHA-256)."""
+    return hashlib.sha256(raw).hexdigest()
