@@ -1,16 +1,20 @@
 """Embedding cache keyed by (model fingerprint, poster content hash).
 
 SQLite (WAL, one commit per batch): a rebuild embeds only new or changed
-posters, and a killed build resumes from the last committed batch.
+posters, and a killed build resumes from the last committed batch. One cache may
+be used from several threads (decoding workers look vectors up); a lock serializes them.
 """
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from indexer.errors import BuildError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -36,11 +40,23 @@ class EmbeddingCache:
         self.path = path
         self.fingerprint = fingerprint
         self.dim = dim
-        self._db = sqlite3.connect(str(path))
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise self._unusable(exc) from exc
+
+    def _unusable(self, exc: sqlite3.Error) -> BuildError:
+        return BuildError(f"embedding cache {self.path} is unusable: {exc} (delete it, or build with --no-cache)")
+
+    def get(self, content_hash: str) -> np.ndarray | None:
+        """The vector stored for one content hash, or None."""
+        return self.get_many([content_hash]).get(content_hash)
 
     def get_many(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         wanted = list(dict.fromkeys(hashes))
@@ -49,10 +65,15 @@ class EmbeddingCache:
         for start in range(0, len(wanted), _LOOKUP_CHUNK):
             chunk = wanted[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT content_hash, vector FROM embeddings WHERE fingerprint = ? AND content_hash IN ({marks})",
-                [self.fingerprint, *chunk],
-            )
+            with self._lock:
+                try:
+                    rows = self._db.execute(
+                        f"SELECT content_hash, vector FROM embeddings WHERE fingerprint = ? "
+                        f"AND content_hash IN ({marks})",
+                        [self.fingerprint, *chunk],
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    raise self._unusable(exc) from exc
             for key, blob in rows:
                 if len(blob) == nbytes:  # a row of another dimension is ignored (re-embedded)
                     found[key] = np.frombuffer(blob, np.float32)
@@ -60,17 +81,30 @@ class EmbeddingCache:
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         """Store vectors and commit (durable once this returns)."""
-        self._db.executemany(
-            "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
-            [(self.fingerprint, k, np.ascontiguousarray(v, np.float32).tobytes()) for k, v in items.items()],
-        )
-        self._db.commit()
+        rows = [(self.fingerprint, k, np.ascontiguousarray(v, np.float32).tobytes()) for k, v in items.items()]
+        with self._lock:
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
+                self._db.commit()
+            except sqlite3.Error as exc:  # e.g. "database or disk is full"
+                self._db.rollback()
+                raise self._unusable(exc) from exc
 
     def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM embeddings WHERE fingerprint = ?", [self.fingerprint]).fetchone()[0]
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM embeddings WHERE fingerprint = ?",
+                                    [self.fingerprint]).fetchone()[0]
+
+    def items(self) -> dict[str, np.ndarray]:
+        """Every (content hash, vector) of this fingerprint (for tests and tools; loads them all)."""
+        with self._lock:
+            rows = self._db.execute("SELECT content_hash, vector FROM embeddings WHERE fingerprint = ?",
+                                    [self.fingerprint]).fetchall()
+        return {key: np.frombuffer(blob, np.float32) for key, blob in rows}
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> "EmbeddingCache":
         return self

@@ -6,16 +6,18 @@ bundle's failures report. Nothing here decodes images.
 """
 from __future__ import annotations
 
+import codecs
+import csv
 import logging
 import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from indexer.errors import CatalogError
+from indexer.ids import parse_id_series, parse_id_text
 from indexer.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,10 @@ ITEM_COLUMNS = ("item_id", "title", "genres", "imdb_id", "tmdb_id", "poster")
 PATTERN_FIELDS = ("movieId", "imdbId", "tmdbId")
 DEFAULT_PATTERN = "{movieId}"
 RATINGS_CHUNK_ROWS = 2_000_000
+DEFAULT_ENCODING = "utf-8"
+PATTERN_SAMPLE_ID = 1  # a pattern must format this integer for every field, or it is refused up front
+_FILE_NAME_DIGITS = re.compile(r"[0-9]+")
+_SHOWN_CHARS = 40  # raw values quoted in problems are cut to this length
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class CatalogConfig:
     min_ratings: int = 0  # keep movies rated more than this many times (needs ratings_csv)
     # str.format pattern over movieId/imdbId/tmdbId; without an extension any image extension matches
     pattern: str = DEFAULT_PATTERN
+    encoding: str = DEFAULT_ENCODING  # of every catalog CSV; MovieLens exports are sometimes Latin-1
 
 
 @dataclass(frozen=True)
@@ -70,24 +77,91 @@ def empty_items() -> pd.DataFrame:
     })
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+def _codec(encoding: str) -> str:
+    """The codec to read with: a UTF-8 byte-order mark is skipped; an unknown name is a CatalogError."""
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise CatalogError(f"catalog encoding expected a Python codec name (utf-8, latin-1, cp1252, ...), "
+                           f"got {encoding!r}") from None
+    return "utf-8-sig" if name == "utf-8" else encoding
+
+
+def _decode_error(path: Path, encoding: str, exc: UnicodeDecodeError) -> CatalogError:
+    """A CatalogError naming the file, the first undecodable line and its byte offset."""
+    decoder = codecs.getincrementaldecoder(_codec(encoding))()
+    offset = 0
+    try:
+        with path.open("rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                try:
+                    decoder.decode(line)
+                except UnicodeDecodeError as bad:
+                    return CatalogError(
+                        f"{path}: line {number} (byte {offset + max(bad.start, 0)}) is not valid {encoding}: "
+                        f"{bad.reason} (byte {bad.object[bad.start:bad.start + 1]!r}); if the file is Latin-1 "
+                        f"(ISO-8859-1) or Windows-1252, pass its encoding (posters-index build --encoding latin-1)")
+                offset += len(line)
+    except OSError:
+        pass
+    return CatalogError(f"{path} is not valid {encoding}: {exc}; pass its encoding (e.g. --encoding latin-1)")
+
+
+def _read_csv(path: Path, required: tuple[str, ...], encoding: str, problems: list[Problem]) -> pd.DataFrame:
+    """A CSV as strings, indexed by each row's first line number. Rows whose field count differs from
+    the header's are reported (file and line) and skipped; blank lines are ignored."""
+    codec = _codec(encoding)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    reader = None
+    try:
+        with path.open("r", encoding=codec, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next((row for row in reader if row), None)  # blank lines before the header are skipped
+            if not header:
+                raise CatalogError(f"{path} is empty: a header row expected (columns {list(required)})")
+            header = [h.strip() for h in header]
+            if len(set(header)) != len(header):
+                raise CatalogError(f"{path}: column names expected unique, got {header}")
+            start = reader.line_num + 1
+            for row in reader:
+                end = reader.line_num
+                where = f"line {start}" if start == end else f"lines {start}-{end}"
+                if row and len(row) != len(header):
+                    problems.append(Problem(None, str(path), "catalog",
+                                            f"{where}: expected {len(header)} fields ({','.join(header)}), "
+                                            f"got {len(row)}; row skipped"))
+                elif row:
+                    rows.append(row)
+                    lines.append(start)
+                start = end + 1
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, encoding, exc) from None
+    except csv.Error as exc:
+        line = reader.line_num if reader is not None else 0
+        raise CatalogError(f"{path}: line {line}: malformed CSV: {exc}") from None
+    except OSError as exc:
         raise CatalogError(f"cannot read {path}: {exc}") from exc
-    missing = [c for c in required if c not in df.columns]
+    missing = [c for c in required if c not in header]
     if missing:
-        raise CatalogError(f"{path}: columns expected {list(required)}, missing {missing} (got {list(df.columns)})")
-    return df
+        raise CatalogError(f"{path}: columns expected {list(required)}, missing {missing} (got {header})")
+    return pd.DataFrame(rows, columns=header, index=pd.Index(lines, dtype="int64", name="line"), dtype=object)
 
 
-def _to_int_ids(raw: pd.Series) -> pd.Series:
-    """Parse ids that may be '862', '862.0', ' 862 ' or blank; non-integers become NA."""
-    num = pd.to_numeric(raw.astype(str).str.strip(), errors="coerce")
-    ok = num.notna() & np.isfinite(num) & (num == np.round(num)) & (num.abs() < 2**62)
-    out = pd.Series(pd.NA, index=raw.index, dtype="Int64")
-    out[ok] = num[ok].astype("int64")
-    return out
+def _shown(raw: object) -> str:
+    text = str(raw)
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "...")
+
+
+def _to_int_ids(raw: pd.Series) -> tuple[pd.Series, dict[object, str]]:
+    """Parse ids that may be '862', '862.0', ' 862 ' or blank (indexer.ids, exact, never via float).
+
+    Returns the ids (Int64, NA where invalid) and, by index label, why each invalid one is not an id.
+    """
+    parsed = parse_id_series(raw)
+    out = pd.Series(pd.array(parsed.ids, dtype="Int64"), index=raw.index)
+    out[~parsed.ok] = pd.NA
+    return out, {raw.index[pos]: reason for pos, reason in parsed.reasons.items()}
 
 
 def _dedupe(df: pd.DataFrame, what: str, path: Path, problems: list[Problem]) -> pd.DataFrame:
@@ -97,29 +171,45 @@ def _dedupe(df: pd.DataFrame, what: str, path: Path, problems: list[Problem]) ->
     return df[~dup]
 
 
+def _valid_ids(df: pd.DataFrame, column: str, path: Path, problems: list[Problem]) -> pd.DataFrame:
+    """Rows of ``df`` whose ``column`` is an item id, as int64 ``item_id``; the others are reported."""
+    ids, reasons = _to_int_ids(df[column])
+    for line, reason in reasons.items():
+        problems.append(Problem(None, str(path), "catalog",
+                                f"{column} {_shown(df.at[line, column])} {reason}; row skipped (line {line})"))
+    return df.assign(item_id=ids)[ids.notna()].astype({"item_id": "int64"})
+
+
+def _link_ids(links: pd.DataFrame, column: str, path: Path, problems: list[Problem]) -> pd.Series:
+    """imdbId/tmdbId as Int64; a non-blank value that is not an id is reported and left blank."""
+    if column not in links:
+        return pd.Series(pd.NA, index=links.index, dtype="Int64")
+    ids, reasons = _to_int_ids(links[column])
+    for line, reason in reasons.items():
+        if str(links.at[line, column]).strip():
+            problems.append(Problem(int(links.at[line, "item_id"]), str(path), "catalog",
+                                    f"{column} {_shown(links.at[line, column])} {reason}; left blank (line {line})"))
+    return ids
+
+
 def load_movies(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame:
     """movies.csv (+ links.csv, + popularity filter) as an items table without posters."""
     if config.movies_csv is None:
         raise CatalogError("movies.csv is required for MovieLens metadata")
-    movies = _read_csv(config.movies_csv, ("movieId", "title"))
-    ids = _to_int_ids(movies["movieId"])
-    for raw in movies.loc[ids.isna(), "movieId"]:
-        problems.append(Problem(None, str(config.movies_csv), "catalog", f"movieId {raw!r} is not an integer; row skipped"))
-    movies = movies.assign(item_id=ids)[ids.notna()]
-    movies = movies.assign(item_id=movies["item_id"].astype("int64"))
+    movies = _read_csv(config.movies_csv, ("movieId", "title"), config.encoding, problems)
+    movies = _valid_ids(movies, "movieId", config.movies_csv, problems)
     movies = _dedupe(movies, "movies.csv", config.movies_csv, problems)
     genres = movies["genres"] if "genres" in movies.columns else pd.Series("", index=movies.index)
     out = pd.DataFrame({"item_id": movies["item_id"], "title": movies["title"].astype(object),
                         "genres": genres.astype(object).replace("(no genres listed)", "")})
     if config.links_csv is not None:
-        links = _read_csv(config.links_csv, ("movieId",))
-        links = links.assign(item_id=_to_int_ids(links["movieId"]))
-        links = links[links["item_id"].notna()].assign(item_id=lambda d: d["item_id"].astype("int64"))
+        links = _read_csv(config.links_csv, ("movieId",), config.encoding, problems)
+        links = _valid_ids(links, "movieId", config.links_csv, problems)
         links = _dedupe(links, "links.csv", config.links_csv, problems)
         links = pd.DataFrame({
             "item_id": links["item_id"],
-            "imdb_id": _to_int_ids(links["imdbId"]) if "imdbId" in links else pd.Series(pd.NA, dtype="Int64"),
-            "tmdb_id": _to_int_ids(links["tmdbId"]) if "tmdbId" in links else pd.Series(pd.NA, dtype="Int64"),
+            "imdb_id": _link_ids(links, "imdbId", config.links_csv, problems),
+            "tmdb_id": _link_ids(links, "tmdbId", config.links_csv, problems),
         })
         out = out.merge(links, on="item_id", how="left")
     else:
@@ -128,7 +218,7 @@ def load_movies(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame:
     if config.min_ratings > 0:
         if config.ratings_csv is None:
             raise CatalogError("--min-ratings needs ratings.csv (--ratings)")
-        counts = _rating_counts(config.ratings_csv)
+        counts = _rating_counts(config.ratings_csv, config.encoding, problems)
         keep = out["item_id"].map(counts).fillna(0) > config.min_ratings
         log.info("popularity filter: %d of %d movies rated more than %d times",
                  int(keep.sum()), len(out), config.min_ratings)
@@ -136,14 +226,30 @@ def load_movies(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _rating_counts(path: Path) -> pd.Series:
+def _rating_counts(path: Path, encoding: str, problems: list[Problem]) -> pd.Series:
+    """Ratings per movieId, read in chunks; ratings whose movieId is not an id are counted and reported once."""
     counts: pd.Series | None = None
+    invalid = 0
+    first_invalid = ""
     try:
-        for chunk in pd.read_csv(path, usecols=["movieId"], dtype=str, chunksize=RATINGS_CHUNK_ROWS):
-            c = _to_int_ids(chunk["movieId"]).dropna().astype("int64").value_counts()
+        for chunk in pd.read_csv(path, usecols=["movieId"], dtype=str, keep_default_na=False,
+                                 chunksize=RATINGS_CHUNK_ROWS, encoding=_codec(encoding)):
+            ids, reasons = _to_int_ids(chunk["movieId"])
+            if reasons and not invalid:
+                label, reason = next(iter(reasons.items()))
+                first_invalid = f"{_shown(chunk.at[label, 'movieId'])} {reason}"
+            invalid += len(reasons)
+            c = ids.dropna().astype("int64").value_counts()
             counts = c if counts is None else counts.add(c, fill_value=0)
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, encoding, exc) from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise CatalogError(f"cannot read ratings {path}: {exc}") from exc
+    if invalid:
+        log.warning("%s: %d ratings have an invalid movieId and are not counted (first: %s)",
+                    path, invalid, first_invalid)
+        problems.append(Problem(None, str(path), "catalog",
+                                f"{invalid} ratings with an invalid movieId not counted (first: {first_invalid})"))
     return counts if counts is not None else pd.Series(dtype="int64")
 
 
@@ -152,9 +258,14 @@ def _pattern_fields(pattern: str) -> list[str]:
         names = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
     except ValueError as exc:
         raise CatalogError(f"poster pattern {pattern!r} is not a valid format string: {exc}") from exc
-    bad = [n for n in names if n.split(":")[0] not in PATTERN_FIELDS]
+    bad = [n for n in names if n not in PATTERN_FIELDS]
     if not names or bad:
         raise CatalogError(f"poster pattern {pattern!r}: fields expected among {PATTERN_FIELDS}, got {names}")
+    try:
+        pattern.format(**dict.fromkeys(PATTERN_FIELDS, PATTERN_SAMPLE_ID))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise CatalogError(f"poster pattern {pattern!r} cannot format an integer id: {exc} "
+                           f"(expected e.g. '{{tmdbId}}.jpg' or '{{imdbId:07d}}.jpg')") from None
     return names
 
 
@@ -180,13 +291,19 @@ def _resolve_posters(items: pd.DataFrame, config: CatalogConfig, problems: list[
     posters: list[str] = []
     for row in items.itertuples(index=False):
         values = {f: getattr(row, column[f]) for f in PATTERN_FIELDS}
-        blank = [f for f in fields if pd.isna(values[f.split(":")[0]])]
+        blank = [f for f in fields if pd.isna(values[f])]
         if blank:
             problems.append(Problem(int(row.item_id), "", "catalog",
                                     f"{blank[0]} is blank; poster pattern {config.pattern!r} needs it"))
             posters.append("")
             continue
-        name = config.pattern.format(**{k: int(v) if not pd.isna(v) else "" for k, v in values.items()})
+        try:
+            name = config.pattern.format(**{k: int(v) if not pd.isna(v) else "" for k, v in values.items()})
+        except (ValueError, OverflowError) as exc:  # e.g. '{tmdbId:c}' with an id above 0x10FFFF
+            problems.append(Problem(int(row.item_id), "", "catalog",
+                                    f"poster pattern {config.pattern!r} cannot format this row's ids: {exc}"))
+            posters.append("")
+            continue
         found = (exact.get(name) or exact.get(name.lower())) if has_ext else by_stem.get(name)
         if found is None:
             expected = name if has_ext else f"{name}.{{{','.join(e[1:] for e in IMAGE_EXTENSIONS)}}}"
@@ -204,11 +321,16 @@ def _bare_folder(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame
         stem, _, suffix = name.rpartition(".")
         if f".{suffix.lower()}" not in IMAGE_EXTENSIONS or not stem:
             continue
-        digits = re.findall(r"\d+", stem)
+        digits = _FILE_NAME_DIGITS.findall(stem)
         if not digits:
             problems.append(Problem(None, name, "catalog", "no digits in the file name to use as item id"))
             continue
-        rows.append({"item_id": int(digits[-1]), "title": stem, "genres": "", "poster": name})
+        item_id, reason = parse_id_text(digits[-1])
+        if item_id is None:
+            problems.append(Problem(None, name, "catalog",
+                                    f"id {_shown(digits[-1])} from the file name {reason}; file skipped"))
+            continue
+        rows.append({"item_id": item_id, "title": stem, "genres": "", "poster": name})
     items = pd.DataFrame(rows, columns=["item_id", "title", "genres", "poster"]).astype({"item_id": "int64"})
     dup = items["item_id"].duplicated(keep="first")
     for row in items[dup].itertuples(index=False):

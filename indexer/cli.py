@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from indexer.bundle import DEFAULT_KEEP_BUILDS
+
+EXIT_ERROR = 2  # bad input or environment (also argparse's usage errors)
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 EPILOG = """examples:
   posters-index build --movies ml/movies.csv --links ml/links.csv --posters ml/posters \\
@@ -44,6 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
     src.add_argument("--pattern", default="{movieId}",
                      help="poster file name pattern over movieId, imdbId, tmdbId, e.g. '{tmdbId}.jpg', "
                           "'{imdbId:07d}.jpg'; without an extension any of jpg/jpeg/png/webp/gif/bmp/tif matches")
+    src.add_argument("--encoding", default="utf-8",
+                     help="text encoding of the catalog CSVs (movies, links, ratings), e.g. latin-1 or cp1252")
     src.add_argument("--embeddings", type=Path, help="precomputed vectors: .npy (with --ids), .npz (ids, vectors) "
                                                      "or .parquet (item_id, embedding); no images are read")
     src.add_argument("--ids", type=Path, help="item ids for a .npy of --embeddings (.npy, .txt or .csv)")
@@ -85,6 +92,9 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("out", type=Path, help="output folder (movies.csv, links.csv, ratings.csv, posters/)")
     d.add_argument("--count", type=int, default=120, help="number of movies")
     d.add_argument("--seed", type=int, default=7, help="random seed")
+    from indexer.quality.cli import add_subcommands
+
+    add_subcommands(sub)  # eval, compare, analyze, photo-catalog
     return parser
 
 
@@ -97,11 +107,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from indexer.precomputed import PrecomputedConfig
 
     if args.embeddings is None and args.posters is None:
-        raise SystemExit("posters-index build: give --posters (with or without --movies) or --embeddings")
+        print("posters-index: error: build needs --posters (with or without --movies) or --embeddings",
+              file=sys.stderr)
+        return EXIT_ERROR
     catalog = None
     if args.posters is not None or args.movies is not None:
         catalog = CatalogConfig(posters_dir=args.posters or Path("."), movies_csv=args.movies, links_csv=args.links,
-                                ratings_csv=args.ratings, min_ratings=args.min_ratings, pattern=args.pattern)
+                                ratings_csv=args.ratings, min_ratings=args.min_ratings, pattern=args.pattern,
+                                encoding=args.encoding)
     precomputed = PrecomputedConfig(args.embeddings, args.ids) if args.embeddings else None
     config = BuildConfig(
         index_root=args.out,
@@ -128,27 +141,36 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     root: Path = args.root
     path = root if (root / bundles.MANIFEST).exists() else bundles.current_path(root)
-    manifest = bundles.read_manifest(path)
-    bundles.verify_files(path, manifest)
+    try:
+        # the same checks the server runs before it serves a bundle: checksums, listing, index, ids, table
+        bundle = bundles.load_bundle(path, verify=True)
+    except bundles.BundleError as exc:
+        print(f"bundle        {path}: INVALID", file=sys.stderr)
+        for problem in str(exc).split("; "):
+            print(f"  problem: {problem}", file=sys.stderr)
+        return 2
+    manifest = bundle.manifest
     if args.json:
-        print(json.dumps(manifest, indent=2, sort_keys=True))
+        print(manifest.to_json())
         return 0
-    index = manifest["index"]
-    print(f"bundle        {manifest['build_id']}  ({path})")
-    print(f"created       {manifest.get('created_at')}")
-    print(f"model         {manifest['model']}  dim={manifest['dim']}  "
-          + (f"pooling={manifest['embedder']['pooling']} resize={manifest['embedder']['resize']} "
-             f"weights={manifest['embedder']['weights']}" if manifest.get("embedder") else "(precomputed vectors)"))
-    extra = f"  nlist={index['nlist']} nprobe={index['nprobe']} recall@10={index.get('recall_at_10')}" \
-        if index["type"] == "ivf" else ""
-    print(f"index         {index['type']}{extra}")
-    print(f"items         {manifest['item_count']}")
-    print(f"failures      {manifest['failure_count']}")
-    print(f"neighbours    k={manifest.get('neighbours', {}).get('k', 0)}")
-    counts = manifest.get("embedding_counts", {})
+    index = manifest.index
+    embedder = manifest.embedder
+    print(f"bundle        {manifest.build_id}  ({path})")
+    print(f"format        {manifest.format_version}  (manifest sha256 {bundle.digest[:16]})")
+    print(f"created       {manifest.created_at}")
+    print(f"model         {manifest.model}  dim={manifest.dim}  "
+          + (f"pooling={embedder.pooling} resize={embedder.resize} weights={embedder.weights}"
+             if embedder else "(precomputed vectors)"))
+    extra = (f"  nlist={index.nlist} nprobe={index.nprobe} recall@{index.recall_k}={index.recall} "
+             f"({index.recall_queries} queries)" if index.type == "ivf" else "")
+    print(f"index         {index.type}{extra}")
+    print(f"items         {manifest.item_count}")
+    print(f"failures      {manifest.failure_count}")
+    print(f"neighbours    k={manifest.neighbours.k}")
+    counts = manifest.embedding_counts
     print(f"embeddings    {counts.get('embedded', 0)} computed, {counts.get('from_cache', 0)} from cache")
-    print(f"checksums     OK ({len(manifest['files'])} files verified)")
-    if manifest["failure_count"] and args.failures:
+    print(f"checks        OK ({len(manifest.files)} files verified; index ids = item ids; metric inner product)")
+    if manifest.failure_count and args.failures:
         failures = bundles.load_failures(path)
         print(f"first {min(args.failures, len(failures))} failures:")
         for row in failures.head(args.failures).itertuples(index=False):
@@ -164,6 +186,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _os_error_line(exc: OSError, command: str) -> str:
+    """'<what>: <where>' for an OSError, e.g. 'No space left on device (ENOSPC): /idx/builds/.staging-x/index.faiss'."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno is not None and exc.errno in errno.errorcode:
+        what = f"{what} ({errno.errorcode[exc.errno]})"
+    places = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{what}: {' -> '.join(places)}" if places else f"{what} (while running {command})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
@@ -172,11 +203,32 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-variant probes are noise at INFO
     from indexer.errors import IndexerError
 
+    # Every failure ends in one line on stderr (the traceback only with -v): a bad input or a problem of
+    # the environment (disk full, read-only, permissions) exits 2, an interrupt 130, a bug 1.
     try:
-        return {"build": _cmd_build, "info": _cmd_info, "demo-catalog": _cmd_demo}[args.command](args)
-    except IndexerError as exc:
-        print(f"posters-index: error: {exc}", file=sys.stderr)
-        return 2
+        from indexer.quality.cli import COMMANDS as QUALITY_COMMANDS
+
+        return {"build": _cmd_build, "info": _cmd_info, "demo-catalog": _cmd_demo,
+                **QUALITY_COMMANDS}[args.command](args)
+    except KeyboardInterrupt:
+        print("posters-index: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line; the traceback only with -v
+        failure = exc
+    if isinstance(failure, IndexerError):
+        line, code = str(failure), EXIT_ERROR
+    elif isinstance(failure, OSError):
+        line, code = _os_error_line(failure, args.command), EXIT_ERROR
+    elif isinstance(failure, MemoryError):
+        line, code = "out of memory (try a smaller --batch-size, or fewer --workers)", EXIT_ERROR
+    else:
+        line, code = f"internal error: {type(failure).__name__}: {failure} (a bug; rerun with -v for the traceback)", \
+            EXIT_INTERNAL
+    if args.verbose:
+        traceback.print_exception(failure)
+    one_line = " ".join(line.split())  # a message quoting a file's content may contain newlines
+    print(f"posters-index: error: {one_line}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

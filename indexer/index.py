@@ -11,11 +11,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import faiss
 import numpy as np
 
+from indexer.bundle.manifest import IndexParams
 from indexer.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this
 TRAIN_POINTS_PER_CENTROID = 64
 TUNE_QUERIES = 500
 TUNE_K = 10
+NORMALIZE_BLOCK_ROWS = 8192  # rows normalized at a time (float64 temporaries of 8192 x D)
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,30 @@ class IndexSpec:
 @dataclass
 class BuiltIndex:
     index: faiss.Index
-    params: dict[str, Any]  # goes into the manifest
+    params: IndexParams  # goes into the manifest
 
 
 def normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalize rows as contiguous float32; returns (normalized, ok mask of non-zero finite rows)."""
+    """L2-normalize rows as contiguous float32; returns (normalized, ok mask of non-zero finite rows).
+
+    Each row is scaled by its largest magnitude before the norm is taken, so a row of values near
+    float32's maximum (3e38, whose squares overflow) or of subnormals (whose squares vanish) still
+    normalizes to unit length instead of to zeros.
+    """
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1)
-    ok = np.isfinite(norms) & (norms > 0)
+    if x.ndim != 2:
+        raise BuildError(f"vectors expected as a 2-D array (N, D), got shape {x.shape}")
     out = np.zeros_like(x)
-    out[ok] = x[ok] / norms[ok, None]
+    ok = np.zeros(len(x), bool)
+    for start in range(0, len(x), NORMALIZE_BLOCK_ROWS):  # bounds the float64 temporaries
+        block = x[start : start + NORMALIZE_BLOCK_ROWS]
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.isfinite(block).all(axis=1)
+            scale = np.abs(np.where(finite[:, None], block, 0)).max(axis=1, initial=0).astype(np.float64)
+        good = finite & (scale > 0)
+        scaled = block[good].astype(np.float64) / scale[good, None]  # |values| <= 1: no overflow, no underflow
+        out[start : start + NORMALIZE_BLOCK_ROWS][good] = scaled / np.linalg.norm(scaled, axis=1)[:, None]
+        ok[start : start + NORMALIZE_BLOCK_ROWS] = good
     return out, ok
 
 
@@ -113,7 +128,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> BuiltI
     if kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
         index.add_with_ids(x, ids)
-        params: dict[str, Any] = {"type": "flat", "exact": True}
+        params = IndexParams(type="flat", exact=True)
     else:
         nlist = spec.nlist or default_nlist(n)
         if nlist > n:
@@ -138,8 +153,10 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> BuiltI
         else:
             nprobe, recall = _tune_nprobe(index, x, ids, spec)
         index.nprobe = nprobe
-        params = {"type": "ivf", "exact": False, "nlist": nlist, "nprobe": nprobe, "trained_on": n_train,
-                  "target_recall": spec.target_recall, f"recall_at_{TUNE_K}": round(recall, 4)}
+        params = IndexParams(type="ivf", exact=False, nlist=nlist, nprobe=nprobe, trained_on=n_train,
+                             target_recall=spec.target_recall, recall=round(recall, 4), recall_k=TUNE_K,
+                             recall_queries="held-in")
         log.info("IVF nlist=%d nprobe=%d recall@%d=%.3f", nlist, nprobe, TUNE_K, recall)
-    params["build_seconds"] = round(time.perf_counter() - start, 3)
+    params = params.model_copy(update={"build_seconds": round(time.perf_counter() - start, 3)})
     return BuiltIndex(index=index, params=params)
+

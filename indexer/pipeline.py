@@ -1,11 +1,14 @@
-"""Batched poster embedding: decoding on worker threads overlaps model inference.
+"""Batched poster embedding: reading and decoding on worker threads overlap model inference.
 
-Never a per-image ``predict`` loop, never all decoded images in memory: at most
-``prefetch`` decoded posters wait for the model at any time.
+Each poster file is read once: its bytes are hashed (the cache key) and the same bytes are decoded,
+so a vector is always stored under the hash of exactly the bytes it was computed from, even if the
+file changes during the build. Never a per-image ``predict`` loop, never all decoded images in
+memory: at most ``PREFETCH_BATCHES`` batches of prepared posters wait for the model at any time.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,12 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.cache import EmbeddingCache, content_hash
-from indexer.errors import ImageError
+from indexer.errors import ImageError, ImageTooLargeError
 from indexer.images import DecodeConfig, decode_image
 
 log = logging.getLogger(__name__)
 
-HASH_PREFETCH_PER_WORKER = 32  # files read and hashed ahead per decoding thread
+PREFETCH_BATCHES = 2  # prepared posters (read, hashed, looked up, decoded) in flight, in batches
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 
@@ -45,24 +48,34 @@ class EmbedOutcome:
     seconds: float = 0.0
 
 
-def _read(path: Path) -> bytes:
+@dataclass(frozen=True)
+class _Prepared:
+    """One poster after its single read: the hash of its bytes, and either the cached vector for that
+    hash or the image decoded from those same bytes."""
+
+    key: str
+    cached: np.ndarray | None
+    image: np.ndarray | None
+
+
+def _read(path: Path, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of a file, in one open (one more than allowed shows it is too large)."""
     with path.open("rb") as fh:
-        return fh.read()
+        return fh.read(limit + 1)
 
 
-def _hash_file(path: Path, max_bytes: int) -> str:
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ImageError(f"file is {size} bytes, limit is {max_bytes}")
-    return content_hash(_read(path))
-
-
-def _decode_path(path: Path, config: DecodeConfig) -> np.ndarray:
+def _prepare(path: Path, decode: DecodeConfig, cache: EmbeddingCache | None) -> _Prepared:
     try:
-        data = _read(path)
+        data = _read(path, decode.max_bytes)
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc}") from exc
-    return decode_image(data, config)
+    if len(data) > decode.max_bytes:
+        raise ImageTooLargeError(f"file is more than {decode.max_bytes} bytes, the limit")
+    key = content_hash(data)
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return _Prepared(key, cached, None)
+    return _Prepared(key, None, decode_image(data, decode))
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, prefetch: int) -> Iterator[Future]:
@@ -80,6 +93,55 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, prefet
             break
 
 
+class _Batcher:
+    """Main-thread state: groups positions by content hash, batches new images, fills the cache."""
+
+    def __init__(self, embed: EmbedFn, cache: EmbeddingCache | None, out: EmbedOutcome, bar: tqdm) -> None:
+        self.embed = embed
+        self.cache = cache
+        self.out = out
+        self.bar = bar
+        self.resolved: dict[str, np.ndarray] = {}  # hashes embedded in this run
+        self.pending: dict[str, list[int]] = {}  # hashes in the current batch -> positions waiting for them
+        self.keys: list[str] = []
+        self.images: list[np.ndarray] = []
+
+    def add(self, pos: int, prepared: _Prepared) -> None:
+        key = prepared.key
+        if key in self.resolved:  # same content as a poster embedded earlier in this run
+            self.out.vectors[pos] = self.resolved[key]
+            self.out.embedded += 1
+            self.bar.update(1)
+        elif key in self.pending:
+            self.pending[key].append(pos)
+        elif prepared.cached is not None:
+            self.out.vectors[pos] = prepared.cached
+            self.out.from_cache += 1
+            self.bar.update(1)
+        else:
+            assert prepared.image is not None
+            self.pending[key] = [pos]
+            self.keys.append(key)
+            self.images.append(prepared.image)
+
+    def flush(self) -> None:
+        if not self.images:
+            return
+        vectors = self.embed(np.stack(self.images))
+        fresh = dict(zip(self.keys, vectors))
+        if self.cache is not None:
+            self.cache.put_many(fresh)
+        for key, vec in fresh.items():
+            self.resolved[key] = vec
+            positions = self.pending.pop(key)
+            for pos in positions:
+                self.out.vectors[pos] = vec
+            self.out.embedded += len(positions)
+            self.bar.update(len(positions))
+        self.keys.clear()
+        self.images.clear()
+
+
 def embed_files(
     paths: Sequence[Path],
     embed: EmbedFn,
@@ -90,59 +152,23 @@ def embed_files(
     """Embed every file in ``paths`` (by position), reusing and filling ``cache``."""
     start = time.perf_counter()
     out = EmbedOutcome()
-    with ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="decode") as pool:
-        hashes: dict[int, str] = {}
-        prefetch = HASH_PREFETCH_PER_WORKER * max(config.decode_workers, 1)
-        reading = tqdm(total=len(paths), unit="file", desc="hashing", disable=not config.progress)
-        for pos, fut in enumerate(_bounded_map(pool, lambda p: _hash_file(p, decode.max_bytes), paths, prefetch)):
-            try:
-                hashes[pos] = fut.result()
-            except (ImageError, OSError) as exc:
-                out.failures[pos] = f"cannot read file: {exc}" if isinstance(exc, OSError) else str(exc)
-            reading.update(1)
-        reading.close()
-        cached = cache.get_many(hashes.values()) if cache is not None else {}
-        todo_by_hash: dict[str, list[int]] = {}
-        for pos, key in hashes.items():
-            if key in cached:
-                out.vectors[pos] = cached[key]
-                out.from_cache += 1
-            else:
-                todo_by_hash.setdefault(key, []).append(pos)
-        todo = [(key, positions[0]) for key, positions in todo_by_hash.items()]
-        log.info("embedding %d posters (%d from cache, %d unreadable)", len(todo), out.from_cache, len(out.failures))
-        bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not config.progress, smoothing=0.1)
-        batch_keys: list[str] = []
-        batch_images: list[np.ndarray] = []
-
-        def flush() -> None:
-            if not batch_images:
-                return
-            vectors = embed(np.stack(batch_images))
-            fresh = dict(zip(batch_keys, vectors))
-            if cache is not None:
-                cache.put_many(fresh)
-            for key, vec in fresh.items():
-                for pos in todo_by_hash[key]:
-                    out.vectors[pos] = vec
-                    out.embedded += 1
-            bar.update(len(batch_images))
-            batch_keys.clear()
-            batch_images.clear()
-
-        decoded = _bounded_map(pool, lambda t: _decode_path(paths[t[1]], decode), todo,
-                               prefetch=2 * config.batch_size)
-        for (key, _), fut in zip(todo, decoded):
-            try:
-                batch_images.append(fut.result())
-                batch_keys.append(key)
-            except ImageError as exc:
-                for pos in todo_by_hash[key]:
+    bar = tqdm(total=len(paths), unit="poster", desc="embedding", disable=not config.progress, smoothing=0.1)
+    batcher = _Batcher(embed, cache, out, bar)
+    prepare = functools.partial(_prepare, decode=decode, cache=cache)
+    try:
+        with ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="decode") as pool:
+            prepared = _bounded_map(pool, prepare, paths, prefetch=PREFETCH_BATCHES * config.batch_size)
+            for pos, fut in enumerate(prepared):
+                try:
+                    batcher.add(pos, fut.result())
+                except ImageError as exc:
                     out.failures[pos] = str(exc)
-                bar.update(1)
-            if len(batch_images) >= config.batch_size:
-                flush()
-        flush()
+                    bar.update(1)
+                if len(batcher.images) >= config.batch_size:
+                    batcher.flush()
+            batcher.flush()
+    finally:
         bar.close()
     out.seconds = time.perf_counter() - start
+    log.info("posters: %d embedded, %d from cache, %d unusable", out.embedded, out.from_cache, len(out.failures))
     return out

@@ -3,19 +3,35 @@
 Accepted: ``.npy`` (N x D) with ids in a second ``.npy``/``.txt``/``.csv``;
 ``.npz`` with arrays ``ids`` and ``vectors``; ``.parquet`` with an ``item_id``
 column and a list column ``embedding`` (or ``vector``).
+
+Ids follow ``indexer.ids`` (integers 0 .. 2**63-1, parsed exactly): a row whose id is not one is
+reported and skipped, as are duplicate ids and rows whose vector is missing, ragged or not finite.
+A file that cannot be read at all, vectors that are not numbers, or an ids file with no valid id is a
+CatalogError naming the file.
 """
 from __future__ import annotations
 
+import csv
+import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from indexer.catalog import Problem
 from indexer.errors import CatalogError
+from indexer.ids import DOMAIN, ParsedIds, parse_id_array
 
 VECTOR_COLUMNS = ("embedding", "vector")
+ID_COLUMN = "item_id"
+ID_SUFFIXES = (".npy", ".txt", ".csv")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_SHOWN_CHARS = 40
+# what reading a hostile or foreign file raises (numpy: ValueError/EOFError; npz: BadZipFile; pyarrow: subclasses)
+_READ_ERRORS = (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, ImportError)
 
 
 @dataclass(frozen=True)
@@ -25,62 +41,184 @@ class PrecomputedConfig:
     model_name: str = "precomputed"  # recorded in the manifest; image search is unavailable
 
 
-def _load_ids(path: Path) -> np.ndarray:
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    frame = pd.read_csv(path, header=None if path.suffix == ".txt" else "infer")
-    return frame.iloc[:, 0].to_numpy()
+@dataclass
+class _Raw:
+    ids: np.ndarray  # as stored (any dtype)
+    ids_file: Path
+    where: Callable[[int], str]  # "line 3" / "row 2" for a 0-based position
+    vectors: np.ndarray  # (N, D), any numeric dtype
+    bad_rows: dict[int, str]  # positions whose vector is unusable, and why
 
 
-def _load_raw(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray]:
+def _row(pos: int) -> str:
+    return f"row {pos}"
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CatalogError(f"{path}: line {line} (byte {exc.start}) is not UTF-8 text; expected one integer "
+                           f"item id per line") from None
+
+
+def _text_ids(path: Path) -> np.ndarray:
+    """A .txt of one id per line: every line counts (a blank one is a bad row), trailing blank lines aside."""
+    lines = _read_text(path).splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return np.array(lines, dtype=object)
+
+
+def _csv_ids(path: Path) -> np.ndarray:
+    """A .csv with a header: the ``item_id`` column, or the first one."""
+    rows = list(csv.reader(_read_text(path).splitlines()))
+    while rows and not any(field.strip() for field in rows[-1]):
+        rows.pop()
+    if not rows:
+        raise CatalogError(f"{path} is empty: expected a header row, then one item id per row")
+    header = [h.strip() for h in rows[0]]
+    col = header.index(ID_COLUMN) if ID_COLUMN in header else 0
+    return np.array([row[col] if len(row) > col else "" for row in rows[1:]], dtype=object)
+
+
+def _load_ids(path: Path) -> tuple[np.ndarray, Callable[[int], str]]:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False), _row
+    if suffix == ".txt":
+        return _text_ids(path), lambda pos: f"line {pos + 1}"
+    if suffix == ".csv":
+        return _csv_ids(path), lambda pos: f"line {pos + 2}"
+    raise CatalogError(f"{path}: ids file expected one of {ID_SUFFIXES}, got {suffix or 'no extension'}")
+
+
+def _column_ids(column: pd.Series) -> np.ndarray:
+    """A parquet id column as an exact NumPy array: nullable integers never pass through float64."""
+    if column.hasnans or column.dtype == object or isinstance(column.dtype, pd.StringDtype):
+        return column.to_numpy(dtype=object)
+    numpy_dtype = getattr(column.dtype, "numpy_dtype", None)
+    return column.to_numpy(dtype=numpy_dtype) if numpy_dtype is not None else column.to_numpy()
+
+
+def _stack_rows(values: np.ndarray, path: Path) -> tuple[np.ndarray, dict[int, str]]:
+    """A parquet list column as (N, D) float64; D is the most common length, other rows are bad rows."""
+    rows: list[np.ndarray | None] = []
+    for pos, value in enumerate(values):
+        if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+            rows.append(None)
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iuf" or arr.ndim != 1:
+            raise CatalogError(f"{path}: {_row(pos)}: vector expected a list of numbers, got "
+                               f"{arr.ndim}-D {arr.dtype} {str(value)[:_SHOWN_CHARS]!r}")
+        rows.append(arr)
+    lengths = Counter(len(r) for r in rows if r is not None)
+    if not lengths:
+        return np.zeros((len(rows), 0)), {}
+    dim = lengths.most_common(1)[0][0]
+    out = np.full((len(rows), dim), np.nan)
+    bad: dict[int, str] = {}
+    for pos, arr in enumerate(rows):
+        if arr is None:
+            bad[pos] = "vector is missing"
+        elif len(arr) != dim:
+            bad[pos] = f"vector has {len(arr)} values, expected {dim} (the most common length)"
+        else:
+            out[pos] = arr
+    return out, bad
+
+
+def _load_raw(config: PrecomputedConfig) -> _Raw:
     path = config.vectors
     suffix = path.suffix.lower()
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             if "ids" not in data or "vectors" not in data:
                 raise CatalogError(f"{path}: arrays 'ids' and 'vectors' expected, got {list(data.keys())}")
-            return data["ids"], data["vectors"]
+            return _Raw(data["ids"], path, _row, data["vectors"], {})
     if suffix == ".parquet":
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
         column = next((c for c in VECTOR_COLUMNS if c in frame.columns), None)
-        if "item_id" not in frame.columns or column is None:
-            raise CatalogError(f"{path}: columns 'item_id' and one of {VECTOR_COLUMNS} expected, got {list(frame.columns)}")
-        return frame["item_id"].to_numpy(), np.stack(frame[column].to_numpy()) if len(frame) else np.zeros((0, 0))
+        if ID_COLUMN not in frame.columns or column is None:
+            raise CatalogError(f"{path}: columns {ID_COLUMN!r} and one of {VECTOR_COLUMNS} expected, "
+                               f"got {list(frame.columns)}")
+        vectors, bad = _stack_rows(frame[column].to_numpy(dtype=object), path)
+        return _Raw(_column_ids(frame[ID_COLUMN]), path, _row, vectors, bad)
     if suffix == ".npy":
         if config.ids is None:
             raise CatalogError(f"{path}: a .npy of vectors needs --ids (a .npy, .txt or .csv of item ids)")
-        return _load_ids(config.ids), np.load(path, allow_pickle=False)
+        vectors = np.load(path, allow_pickle=False)
+        ids, where = _load_ids(config.ids)
+        return _Raw(ids, config.ids, where, vectors, {})
     raise CatalogError(f"{path}: expected .npy (+ ids), .npz or .parquet, got {suffix or 'no extension'}")
 
 
-def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-    """Return (ids int64, vectors float32 (N, D), problems). Duplicate or non-finite rows are reported."""
+def _parse_ids(raw: _Raw) -> ParsedIds:
+    ids = np.asarray(raw.ids)
+    if ids.ndim != 1:
+        raise CatalogError(f"{raw.ids_file}: ids expected as a 1-D array, got shape {ids.shape}")
     try:
-        ids, vectors = _load_raw(config)
-    except (OSError, ValueError) as exc:
-        raise CatalogError(f"cannot read precomputed embeddings {config.vectors}: {exc}") from exc
-    vectors = np.asarray(vectors)
+        parsed = parse_id_array(ids)
+    except TypeError as exc:
+        raise CatalogError(f"{raw.ids_file}: {exc}") from None
+    if len(ids) and not parsed.ok.any():
+        pos, reason = next(iter(parsed.reasons.items()))
+        raise CatalogError(f"{raw.ids_file}: no valid item id in {len(ids)} rows ({raw.where(pos)}: "
+                           f"{str(ids[pos])[:_SHOWN_CHARS]!r} {reason}); {DOMAIN}")
+    return parsed
+
+
+def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+    """Return (ids int64, vectors float32 (N, D), problems). Bad, duplicate or non-finite rows are reported."""
+    try:
+        raw = _load_raw(config)
+    except CatalogError:
+        raise
+    except _READ_ERRORS as exc:
+        source = config.vectors if config.ids is None else f"{config.vectors} / {config.ids}"
+        raise CatalogError(f"cannot read precomputed embeddings {source}: {type(exc).__name__}: {exc}") from exc
+    vectors = np.asarray(raw.vectors)
+    if vectors.dtype.kind not in "iuf":
+        raise CatalogError(f"{config.vectors}: vectors expected a numeric array (float or int), "
+                           f"got dtype {vectors.dtype}")
     if vectors.ndim != 2 or vectors.shape[1] == 0:
         raise CatalogError(f"{config.vectors}: vectors expected as a 2-D array (N, D), got shape {vectors.shape}")
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or len(ids) != len(vectors):
-        raise CatalogError(f"{config.vectors}: expected one id per vector ({len(vectors)}), got shape {ids.shape}")
-    if not np.issubdtype(ids.dtype, np.integer):
-        as_float = ids.astype(np.float64)
-        if not np.all(np.isfinite(as_float)) or not np.all(as_float == np.round(as_float)):
-            raise CatalogError(f"{config.vectors}: item ids must be integers, got dtype {ids.dtype}")
-    ids = ids.astype(np.int64)
-    vectors = vectors.astype(np.float32)
+    parsed = _parse_ids(raw)
+    if len(parsed.ids) != len(vectors):
+        raise CatalogError(f"{raw.ids_file}: expected one id per vector ({len(vectors)}), got {len(parsed.ids)}")
     problems: list[Problem] = []
-    keep = np.ones(len(ids), bool)
-    _, first = np.unique(ids, return_index=True)
-    dup = np.ones(len(ids), bool)
-    dup[first] = False
-    for pos in np.flatnonzero(dup):
-        problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed", "duplicate item id; first row kept"))
-    keep &= ~dup
-    bad = ~np.isfinite(vectors).all(axis=1)
-    for pos in np.flatnonzero(bad & keep):
+    keep = parsed.ok.copy()
+    for pos, reason in parsed.reasons.items():
+        shown = str(raw.ids[pos])[:_SHOWN_CHARS]
+        problems.append(Problem(None, str(raw.ids_file), "precomputed",
+                                f"{raw.where(pos)}: item id {shown!r} {reason}; row skipped"))
+    ids = parsed.ids
+    for pos in np.flatnonzero(keep):
+        if int(pos) in raw.bad_rows:
+            problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
+                                    f"{_row(int(pos))}: {raw.bad_rows[int(pos)]}; row skipped"))
+    keep[list(raw.bad_rows)] = False
+    if vectors.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(vectors).all(axis=1)
+            in_range = (np.abs(np.where(np.isfinite(vectors), vectors, 0)) <= FLOAT32_MAX).all(axis=1)
+    else:  # integers always fit float32's range
+        finite = in_range = np.ones(len(vectors), bool)
+    for pos in np.flatnonzero(keep & ~finite):
         problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed", "vector has NaN or Inf values"))
-    keep &= ~bad
-    return ids[keep], vectors[keep], problems
+    for pos in np.flatnonzero(keep & finite & ~in_range):
+        problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
+                                f"vector has values beyond the float32 range (+-{FLOAT32_MAX:.3g})"))
+    keep &= finite & in_range
+    first_kept = np.zeros(len(ids), bool)
+    usable = np.flatnonzero(keep)
+    _, first = np.unique(ids[usable], return_index=True)
+    first_kept[usable[first]] = True
+    for pos in np.flatnonzero(keep & ~first_kept):
+        problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
+                                "duplicate item id; the first usable row is kept"))
+    keep &= first_kept
+    return ids[keep], vectors[keep].astype(np.float32), problems

@@ -6,11 +6,14 @@ vectors with an IVF index and a neighbour table), waits for the log line that st
 (embedding, index, neighbour table, writing the bundle, publishing), and SIGKILLs it a random delay
 into that phase.
 After every kill: CURRENT points to a complete bundle whose checksums verify, and no staging
-directory is ever referenced. Finally a server is pointed at a bundle corrupted on purpose and must
-keep serving its old one. Writes JSON + Markdown under benchmarks/results/.
+directory is ever referenced. Then write failures: builds under a random file-size limit
+(RLIMIT_FSIZE, i.e. ``ulimit -f``) and builds into a tiny tmpfs that fills up (ENOSPC; needs root to
+mount, skipped otherwise) must fail with exit code 2 and one line, and every bundle ever published
+must load. Finally a server is pointed at a bundle corrupted on purpose and must keep serving its
+old one. Writes JSON + Markdown under benchmarks/results/.
 
-  python scripts/fault_loop.py                 # 24 trials (~3 min)
-  python scripts/fault_loop.py --trials 60 --seed 3
+  python scripts/fault_loop.py                 # 25 kills + 10 file-size + 10 full-disk trials (~4 min)
+  python scripts/fault_loop.py --trials 60 --write-trials 20 --seed 3
 """
 from __future__ import annotations
 
@@ -56,9 +59,78 @@ def _check(root: Path) -> str:
     return build_id
 
 
+def _published_all_load(root: Path) -> list[str]:
+    """Problems with any published bundle (every one must load, not just CURRENT's)."""
+    from indexer import bundle as bundles
+
+    problems = []
+    for build_id in bundles.list_builds(root):
+        try:
+            bundles.load_bundle(root / "builds" / build_id, verify=True)
+        except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+            problems.append(f"{build_id}: {exc}")
+    if (root / "CURRENT").exists():
+        try:
+            _check(root)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"CURRENT: {exc}")
+    return problems
+
+
+def _write_fault_trials(tmp: Path, rng: random.Random, trials: int, env: dict[str, str]) -> list[dict]:
+    """Builds under a file-size limit, and into a tmpfs that fills up; every published bundle must load."""
+    import resource
+
+    rows: list[dict] = []
+    probe = tmp / "probe"
+    subprocess.run(_build_cmd("precomputed", tmp, probe), check=True, capture_output=True, env=env, cwd=ROOT)
+    sizes = [f.stat().st_size for f in next((probe / "builds").iterdir()).iterdir()]
+    bundle_bytes, largest = sum(sizes), max(sizes)
+    for trial in range(trials):
+        limit = rng.randint(1024, largest + 4096)
+        root = tmp / f"fsize-{trial}"
+
+        def set_limit(limit: int = limit) -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        first = subprocess.run(_build_cmd("precomputed", tmp, root), capture_output=True, text=True, env=env,
+                               cwd=ROOT, preexec_fn=set_limit)
+        problems = _published_all_load(root)
+        ok = first.returncode in (0, 2) and "Traceback" not in first.stderr and not problems
+        rows.append({"kind": "file-size", "limit_bytes": limit, "exit": first.returncode, "ok": ok,
+                     "problems": problems, "message": first.stderr.strip().splitlines()[-1:]})
+        print(f"fsize {trial:2d} limit {limit:9d} B -> exit {first.returncode} {'OK' if ok else 'BROKEN'}",
+              file=sys.stderr)
+    mount = tmp / "small-disk"
+    mount.mkdir()
+    for trial in range(trials):
+        size = int(bundle_bytes * rng.uniform(0.3, 2.6))
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True).returncode != 0:
+            print("full-disk trials skipped: cannot mount a tmpfs (needs root)", file=sys.stderr)
+            break
+        try:
+            root = mount / "root"
+            exits = []
+            for _ in range(3):  # keep building until the disk is full; every published bundle must still load
+                out = subprocess.run(_build_cmd("precomputed", tmp, root) + ["--keep", "5"], capture_output=True,
+                                     text=True, env=env, cwd=ROOT)
+                exits.append(out.returncode)
+                if "Traceback" in out.stderr:
+                    exits.append(-1)
+            problems = _published_all_load(root)
+            ok = set(exits) <= {0, 2} and not problems
+            rows.append({"kind": "full-disk", "disk_bytes": size, "exits": exits, "ok": ok, "problems": problems})
+            print(f"disk  {trial:2d} size {size:10d} B -> exits {exits} {'OK' if ok else 'BROKEN'}", file=sys.stderr)
+        finally:
+            subprocess.run(["umount", str(mount)], check=False)
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=25)
+    p.add_argument("--write-trials", type=int, default=10, help="file-size and full-disk trials (each)")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     from indexer.demo_catalog import write_demo_catalog
@@ -104,6 +176,8 @@ def main() -> int:
                      "current_before": before, "current_after": after, "ok": ok})
         print(f"trial {trial:2d} {kind:17s} kill {delay:6.3f}s into {phase:10s} -> "
               f"{'OK' if ok else 'BROKEN'} ({'unchanged' if after == before else 'new bundle'})", file=sys.stderr)
+    write_rows = _write_fault_trials(tmp, rng, args.write_trials, env)
+    write_broken = sum(not r["ok"] for r in write_rows)
     # a running server refuses a corrupt new bundle and keeps its old one
     from indexer import bundle as bundles
     from server.reloader import BundleManager
@@ -116,12 +190,16 @@ def main() -> int:
     index_file = root / "builds" / newest / "index.faiss"
     index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
     refused = not manager.reload() and manager.current.version == serving and "index.faiss" in manager.last_error
+    by_kind = collections.Counter(r["kind"] for r in write_rows)
     info = machine()
     md = (f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. {args.trials} trials, "
           f"{sum(r['killed'] for r in rows)} killed; kill phases: {dict(phases)}; broken CURRENT: {failures}; "
-          f"corrupt new bundle refused by a running server: {refused} ({manager.last_error}).\n")
-    ok = failures == 0 and refused
-    write_results("fault_loop", {"machine": info, "ok": ok, "trials": rows, "phases": dict(phases),
+          f"corrupt new bundle refused by a running server: {refused} ({manager.last_error}).\n"
+          f"Write faults: {dict(by_kind)} trials; broken (a published bundle that fails to load, a traceback, "
+          f"or an exit code other than 0/2): {write_broken}.\n")
+    ok = failures == 0 and refused and write_broken == 0
+    write_results("fault_loop", {"machine": info, "ok": ok, "trials": rows, "write_trials": write_rows,
+                                 "phases": dict(phases),
                                  "corrupt_refused": refused}, md + ("\nPASS\n" if ok else "\nFAIL\n"))
     print(md + ("PASS" if ok else "FAIL"))
     return 0 if ok else 1

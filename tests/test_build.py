@@ -157,7 +157,7 @@ def test_disk_full_during_write_keeps_current(tmp_path: Path, monkeypatch: pytes
 
     from indexer.bundle import writer
 
-    monkeypatch.setattr(writer.np, "save", full)  # the neighbour table write fails mid-bundle
+    monkeypatch.setattr(writer, "_write_npy", full)  # the neighbour table write fails mid-bundle
     with pytest.raises(BuildError, match="No space left.*CURRENT unchanged"):
         build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"),
                           pipeline=QUIET, neighbours_k=5))

@@ -1,6 +1,8 @@
 """Decoding: odd modes become RGB model input; hostile files give a reason, never a crash."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -100,3 +102,36 @@ def test_cmyk_becomes_rgb_with_similar_colour() -> None:
     out = decode_image(_save(im, "JPEG", quality=95), DecodeConfig(size=SIZE, resize="stretch"))
     r, g, b = out[20, 20].astype(int)
     assert r > 150 and g < 80 and b < 80
+
+
+def _tiff(mode: str, side: int) -> bytes:
+    arr = np.zeros((side, side), {"I": np.int32, "F": np.float32, "I;16": np.uint16}[mode])
+    arr[: side // 2] = 50_000 if mode == "I;16" else 200  # bright top half; compressible, a small upload
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode if mode != "I;16" else None).save(buf, "TIFF", compression="tiff_deflate")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["I", "F", "I;16"])
+def test_wide_modes_decode_without_full_size_float_copies(mode: str) -> None:
+    """A small upload of a 6300 x 6300 32-bit TIFF once cost 1.2 GB in float64 copies (issue #8, item 4)."""
+    import tracemalloc
+
+    data = _tiff(mode, 6300)
+    assert len(data) < 2_000_000
+    tracemalloc.start()
+    try:
+        out = decode_image(data, DecodeConfig(size=224))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (224, 224, 3)
+    assert out[:60].mean() > out[-60:].mean()  # the bright half survived the shrink (content, not noise)
+    assert peak < 32_000_000, f"NumPy peak {peak / 1e6:.0f} MB while decoding"  # a float64 copy is 317 MB
+
+
+def test_decoded_size_is_capped_before_decoding() -> None:
+    data = _tiff("I", 3000)  # 9 Mpx x 4 bytes = 36 MB decoded
+    with pytest.raises(ImageTooLargeError, match="bytes decoded, limit is 10000000"):
+        decode_image(data, DecodeConfig(size=224, max_decoded_bytes=10_000_000))
+    assert decode_image(data, DecodeConfig(size=224, max_decoded_bytes=40_000_000)).shape == (224, 224, 3)
