@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from server._proto import posters_pb2 as pb
 from server.errors import InvalidArgument
-from server.types import (Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult,
-                          VectorQuery)
+from server.types import (Hit, ImageQuery, IndexSummary, Item, ItemQuery, ItemsQuery, Query, SearchOptions,
+                          SearchResult, VectorQuery)
 
 if TYPE_CHECKING:
     from indexer.bundle import Manifest
@@ -76,20 +76,29 @@ def result_to_proto(result: SearchResult) -> pb.SearchResponse:
     return response
 
 
-def info_to_proto(info: dict[str, Any], limits: Any, manifest: Manifest, status: ReloadStatus) -> pb.IndexInfo:
+def info_to_proto(info: IndexSummary, limits: Any, manifest: Manifest, status: ReloadStatus) -> pb.IndexInfo:
     return pb.IndexInfo(
-        **info,
+        bundle_version=info.bundle_version,
+        model=info.model,
+        dimension=info.dimension,
+        index_type=info.index_type,
+        item_count=info.item_count,
+        failure_count=info.failure_count,
+        default_nprobe=info.default_nprobe,
+        neighbour_table_k=info.neighbour_table_k,
+        image_search=info.image_search,
+        loaded_at=info.loaded_at,
+        max_k=limits.max_k,
+        max_batch=limits.max_batch,
+        max_image_bytes=limits.max_image_bytes,
+        max_image_pixels=limits.max_image_pixels,
+        manifest_json=manifest.to_json(),
         desired_version=status.desired_version,
         reload_failures=status.reload_failures,
         last_reload_error=status.last_error,
         previous_bundle_version=status.previous_version,
         previous_model=status.previous_model,
         previous_dimension=status.previous_dimension,
-        max_k=limits.max_k,
-        max_batch=limits.max_batch,
-        max_image_bytes=limits.max_image_bytes,
-        max_image_pixels=limits.max_image_pixels,
-        manifest_json=manifest.to_json(),
     )
 
 

@@ -70,9 +70,9 @@ class Metrics:
     def on_bundle(self, searcher: Searcher) -> None:
         self.bundle.clear()
         info = searcher.info()
-        self.bundle.labels(info["bundle_version"], info["model"], info["index_type"]).set(1)
-        self.items.set(info["item_count"])
-        self.loaded_at.set(info["loaded_at"])
+        self.bundle.labels(info.bundle_version, info.model, info.index_type).set(1)
+        self.items.set(info.item_count)
+        self.loaded_at.set(info.loaded_at)
 
     def watch(self, manager: BundleManager, admission: Admission) -> None:
         """Expose reload status (desired vs serving, failures) and admission counts."""

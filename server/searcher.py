@@ -1,28 +1,29 @@
-"""The search core: answers queries against one loaded bundle, in plain Python types.
+"""The search core's façade: validates a query once, composes the item store and the vector index,
+and answers in plain Python types.
 
-No gRPC here. Every input is validated before FAISS sees it (FAISS asserts
-without a message and pads missing results with id -1); errors are the typed
-exceptions of ``server.errors`` with messages saying expected vs got.
+No gRPC here. Every input is validated before FAISS sees it (FAISS asserts without a message and
+pads missing results with id -1); errors are the typed exceptions of ``server.errors`` with
+messages saying expected vs got. The parts: ``server.items.ItemStore`` (ids, rows, metadata),
+``server.vector_index.VectorIndex`` (FAISS, parameters, neighbour table), ``server.titles``.
 """
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
-import faiss
 import numpy as np
-import pandas as pd
 
 from indexer.bundle import Bundle
-from server.coalescer import Coalescer
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.guard import UNGUARDED, CallGuard
-from server.types import (Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult,
-                          VectorQuery)
+from server.items import ItemStore
+from server.titles import TitleIndex
+from server.types import (Hit, ImageQuery, IndexSummary, Item, ItemQuery, ItemsQuery, Query, SearchOptions,
+                          SearchResult, VectorQuery)
+from server.vector_index import SearchParams, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,6 @@ class ImageEmbedder(Protocol):
     def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray: ...
 
 
-def _genres(value: str) -> tuple[str, ...]:
-    return tuple(g for g in str(value).split("|") if g)
-
-
-def _int_or_zero(value: Any) -> int:
-    return 0 if pd.isna(value) else int(value)
-
-
 class Searcher:
     """Immutable view of one bundle; safe to share between request threads."""
 
@@ -65,43 +58,20 @@ class Searcher:
         self.limits = limits or SearchLimits()
         self.version = bundle.version
         self.manifest = bundle.manifest
-        self.index = bundle.index
-        self.dim = int(bundle.index.d)
-        ivf = faiss.try_extract_index_ivf(bundle.index) if not isinstance(bundle.index, faiss.IndexIDMap) else None
-        self.nlist = int(ivf.nlist) if ivf is not None else 0
-        self.default_nprobe = int(ivf.nprobe) if ivf is not None else 0
-        self.is_exact_index = ivf is None
-        self.threads = threads
-        self.loaded_at = time.time()
+        self.items = ItemStore(bundle.items, bundle.version)
+        self.vectors = VectorIndex(bundle, threads=threads, coalesce=coalesce)
+        self.titles = TitleIndex(self.items.titles)
         self.image_embedder = image_embedder
         self.image_unavailable_reason = image_unavailable_reason
-        items = bundle.items
-        self.ids = items["item_id"].to_numpy(np.int64)
-        self._row = dict(zip(self.ids.tolist(), range(len(self.ids))))
-        self._items = [
-            Item(int(r.item_id), str(r.title), _genres(r.genres), str(r.poster),
-                 _int_or_zero(r.imdb_id), _int_or_zero(r.tmdb_id))
-            for r in items.itertuples(index=False)
-        ]
-        self._titles = [it.title.lower() for it in self._items]
-        self._table_ids = bundle.neighbour_ids
-        self._table_scores = bundle.neighbour_scores
-        self.table_k = 0 if bundle.neighbour_ids is None else int(bundle.neighbour_ids.shape[1])
-        self._tls = threading.local()
-        # opt-in: batch concurrent single queries on flat indexes into one FAISS call. On 2 cores it did
-        # not beat one single-threaded scan per request thread (scripts/bench_concurrency.py).
-        self.coalescer = Coalescer(self.index) if self.is_exact_index and coalesce else None
+        self.loaded_at = time.time()
 
-    # ---- validation -------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.vectors.dim
+
     @property
     def item_count(self) -> int:
-        return len(self.ids)
-
-    def _k(self, options: SearchOptions) -> int:
-        k = options.k or self.limits.default_k
-        if k < 0 or k > self.limits.max_k:
-            raise InvalidArgument(f"k expected 1..{self.limits.max_k} (0 for the default {self.limits.default_k}), got {options.k}")
-        return k
+        return len(self.items)
 
     @property
     def index_type(self) -> str:
@@ -112,32 +82,30 @@ class Searcher:
         so a bundle that cannot answer fails here, off the request path, and not in front of a client."""
         if not self.item_count:
             return
-        first = int(self.ids[0])
+        first = int(self.items.ids[0])
         k = min(self.limits.max_k, max(1, self.item_count - 1))
-        self.similar_to_item(first, SearchOptions(k=min(k, self.table_k) or k))
-        self.search_vector(self._vector_of(first), SearchOptions(k=k))
+        self.similar_to_item(first, SearchOptions(k=min(k, self.vectors.table_k) or k))
+        self.search_vector(self.vectors.vectors(self.items.ids[:1])[0], SearchOptions(k=k))
         self.similar_to_item(first, SearchOptions(k=k, exact=True, exclude_ids=(first,)))
 
-    def _row_of(self, item_id: int, what: str = "item") -> int:
-        if item_id < 0:
-            raise InvalidArgument(f"{what} id expected a non-negative int64, got {item_id}")
-        row = self._row.get(int(item_id))
-        if row is None:
-            raise NotFound(f"{what} {item_id} is not in bundle {self.version} ({self.item_count} items)")
-        return row
-
-    def _check_ids(self, ids: Sequence[int], what: str) -> None:
+    # ---- validation (once per query) -----------------------------------------
+    def _check_ids(self, ids: Sequence[object], what: str) -> None:
         if len(ids) > self.limits.max_ids:
             raise InvalidArgument(f"{what} expected at most {self.limits.max_ids} ids, got {len(ids)}")
 
     def _check_options(self, options: SearchOptions) -> int:
-        k = self._k(options)
+        """Validate the options of a search; returns the effective k."""
+        k = options.k or self.limits.default_k
+        if k < 0 or k > self.limits.max_k:
+            raise InvalidArgument(f"k expected 1..{self.limits.max_k} (0 for the default {self.limits.default_k}), "
+                                  f"got {options.k}")
         self._check_ids(options.candidate_ids, "candidate_ids")
         self._check_ids(options.exclude_ids, "exclude_ids")
         if options.min_score is not None and not math.isfinite(options.min_score):
             raise InvalidArgument(f"min_score expected a finite number, got {options.min_score}")
-        if options.nprobe < 0 or (self.nlist and options.nprobe > self.nlist):
-            limit = f"1..{self.nlist}" if self.nlist else "0 (flat index)"
+        nlist = self.vectors.nlist
+        if options.nprobe < 0 or (nlist and options.nprobe > nlist):
+            limit = f"1..{nlist}" if nlist else "0 (flat index)"
             raise InvalidArgument(f"nprobe expected 0 (bundle default) or {limit}, got {options.nprobe}")
         return k
 
@@ -152,60 +120,40 @@ class Searcher:
             raise InvalidArgument("vector must be non-zero (it is L2-normalized server-side)")
         return np.ascontiguousarray((v / norm)[None, :], dtype=np.float32)
 
-    def _vector_of(self, item_id: int) -> np.ndarray:
-        self._row_of(item_id)
-        return self.index.reconstruct(int(item_id))
-
-    # ---- core -------------------------------------------------------------
-    def _ensure_threads(self) -> None:
-        # OpenMP thread counts are per calling thread: set once in each request thread.
-        if getattr(self._tls, "threads", None) != self.threads:
-            faiss.omp_set_num_threads(self.threads)
-            self._tls.threads = self.threads
-
+    # ---- composing results ---------------------------------------------------
     def _hits(self, ids: Sequence[int], scores: Sequence[float], k: int, exclude: set[int],
               min_score: float | None) -> list[Hit]:
         hits: list[Hit] = []
         for item_id, score in zip(ids, scores):
-            if item_id < 0 or item_id in exclude:
+            if item_id < 0 or item_id in exclude:  # -1: FAISS's padding (the id domain is non-negative)
                 continue
             if min_score is not None and score < min_score:
                 break  # sorted best first
-            hits.append(Hit(self._items[self._row[item_id]], float(score)))
+            row = self.items.row_or_none(item_id)
+            if row is None:
+                continue
+            hits.append(Hit(self.items.item(row), float(score)))
             if len(hits) == k:
                 break
         return hits
 
     def _rank_candidates(self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int]) -> SearchResult:
-        ids = np.array([c for c in dict.fromkeys(options.candidate_ids) if c not in exclude], dtype=np.int64)
-        for c in ids:
-            self._row_of(int(c), "candidate item")
-        if len(ids) == 0:
+        found = self.items.lookup([c for c in options.candidate_ids if c not in exclude], "candidate item")
+        if found.missing:
+            raise NotFound(f"candidate item {found.missing[0]} is not in bundle {self.version} "
+                           f"({self.item_count} items)")
+        if len(found.ids) == 0:
             return SearchResult([], self.version, True)
-        vecs = np.vstack([self.index.reconstruct(int(c)) for c in ids])
-        scores = vecs @ q[0]
+        scores = self.vectors.vectors(found.ids) @ q[0]
         order = np.argsort(-scores, kind="stable")
-        return SearchResult(self._hits(ids[order].tolist(), scores[order].tolist(), k, set(), options.min_score),
-                            self.version, True)
-
-    def _search_params(self, options: SearchOptions) -> tuple[faiss.SearchParameters | None, bool]:
-        if self.is_exact_index:
-            return None, True
-        if options.exact:
-            return faiss.SearchParametersIVF(nprobe=self.nlist), True
-        nprobe = options.nprobe or self.default_nprobe
-        return faiss.SearchParametersIVF(nprobe=nprobe), nprobe >= self.nlist
+        return SearchResult(self._hits(found.ids[order].tolist(), scores[order].tolist(), k, set(),
+                                       options.min_score), self.version, True)
 
     def _search_many(self, queries: np.ndarray, options: SearchOptions, ks: list[int],
                      excludes: list[set[int]]) -> list[SearchResult]:
         """One FAISS call for queries that share search parameters."""
-        self._ensure_threads()
-        params, exact = self._search_params(options)
         fetch = min(self.item_count, max(k + len(e) for k, e in zip(ks, excludes)))
-        if self.coalescer is not None and len(queries) == 1:
-            scores, ids = (a[None] for a in self.coalescer.search(queries[0], fetch))
-        else:
-            scores, ids = self.index.search(queries, fetch, params=params)
+        scores, ids, exact = self.vectors.search(queries, fetch, SearchParams(options.nprobe, options.exact))
         return [SearchResult(self._hits(i.tolist(), s.tolist(), k, e, options.min_score), self.version, exact)
                 for i, s, k, e in zip(ids, scores, ks, excludes)]
 
@@ -215,25 +163,29 @@ class Searcher:
             return self._rank_candidates(q, options, k, exclude)
         return self._search_many(q, options, [k], [exclude])[0]
 
-    # ---- public queries ---------------------------------------------------
+    # ---- public queries ------------------------------------------------------
     def similar_to_item(self, item_id: int, options: SearchOptions = SearchOptions()) -> SearchResult:
         """The k items most like ``item_id`` (itself excluded by id)."""
         k = self._check_options(options)
-        row = self._row_of(item_id)
-        if (self._table_ids is not None and k <= self.table_k and not options.candidate_ids
+        row = self.items.row_of(item_id)
+        table = self.vectors.table_row(row)
+        if (table is not None and k <= self.vectors.table_k and not options.candidate_ids
                 and not options.exclude_ids and not options.nprobe):
-            return SearchResult(self._hits(self._table_ids[row].tolist(), self._table_scores[row].tolist(), k,
-                                           set(), options.min_score), self.version, True)
-        return self._search(self._vector_of(item_id)[None, :], options, k, {int(item_id)})
+            return SearchResult(self._hits(table[0].tolist(), table[1].tolist(), k, set(), options.min_score),
+                                self.version, True)
+        vector = self.vectors.vectors(np.array([item_id], np.int64))
+        return self._search(vector, options, k, {int(item_id)})
 
     def _weighted_sum(self, items: Sequence[tuple[int, float]], what: str) -> np.ndarray:
-        total = np.zeros(self.dim, np.float64)  # float64: large weights do not overflow to inf
         for item_id, weight in items:
             if not math.isfinite(weight) or weight <= 0:
                 raise InvalidArgument(f"{what} weight of item {item_id} expected > 0, got {weight}")
-            self._row_of(item_id, f"{what} item")
-            total += weight * self.index.reconstruct(int(item_id))
-        return total
+            self.items.row_of(item_id, f"{what} item")
+        if not items:
+            return np.zeros(self.dim, np.float64)
+        ids = np.array([i for i, _ in items], np.int64)
+        weights = np.array([w for _, w in items], np.float64)
+        return weights @ self.vectors.vectors(ids).astype(np.float64)  # float64: large weights stay finite
 
     def similar_to_items(self, positive: Sequence[tuple[int, float]], negative: Sequence[tuple[int, float]] = (),
                          options: SearchOptions = SearchOptions()) -> SearchResult:
@@ -249,7 +201,8 @@ class Searcher:
         exclude = {int(i) for i, _ in positive} | {int(i) for i, _ in negative}
         return self._search(self._normalized(q), options, k, exclude)
 
-    def search_vector(self, vector: Sequence[float] | np.ndarray, options: SearchOptions = SearchOptions()) -> SearchResult:
+    def search_vector(self, vector: Sequence[float] | np.ndarray, options: SearchOptions = SearchOptions()
+                      ) -> SearchResult:
         k = self._check_options(options)
         return self._search(self._normalized(vector), options, k, set())
 
@@ -310,38 +263,32 @@ class Searcher:
 
     def find_items(self, text: str, limit: int = 0) -> list[Item]:
         """Case-insensitive title substring search: exact, then prefix, then other matches."""
-        needle = text.strip().lower()
-        if not needle:
+        if not text.strip():
             raise InvalidArgument("query expected a non-empty title fragment, got an empty string")
-        if len(needle) > self.limits.max_query_chars:
-            raise InvalidArgument(f"query expected at most {self.limits.max_query_chars} characters, got {len(needle)}")
+        if len(text.strip()) > self.limits.max_query_chars:
+            raise InvalidArgument(f"query expected at most {self.limits.max_query_chars} characters, "
+                                  f"got {len(text.strip())}")
         limit = limit or self.limits.default_find_limit
         if limit < 0 or limit > self.limits.max_find_limit:
             raise InvalidArgument(f"limit expected 1..{self.limits.max_find_limit}, got {limit}")
-        exact, prefix, other = [], [], []
-        for row, title in enumerate(self._titles):
-            if needle in title:
-                bare = title.rsplit(" (", 1)[0]  # MovieLens titles end with " (year)"
-                (exact if needle in (title, bare) else prefix if title.startswith(needle) else other).append(row)
-        return [self._items[r] for r in (exact + prefix + other)[:limit]]
+        return [self.items.item(r) for r in self.titles.find(text, limit)]
 
     def get_items(self, item_ids: Sequence[int]) -> list[Item]:
         if not item_ids:
             raise InvalidArgument("item_ids expected at least one id, got none")
         self._check_ids(item_ids, "item_ids")
-        return [self._items[self._row_of(i)] for i in item_ids]
+        return [self.items.item(self.items.row_of(i)) for i in item_ids]
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "bundle_version": self.version,
-            "model": self.manifest.model,
-            "dimension": self.dim,
-            "index_type": self.index_type,
-            "item_count": self.item_count,
-            "failure_count": self.manifest.failure_count,
-            "default_nprobe": self.default_nprobe,
-            "neighbour_table_k": self.table_k,
-            "image_search": self.image_embedder is not None,
-            "loaded_at": self.loaded_at,
-        }
-
+    def info(self) -> IndexSummary:
+        return IndexSummary(
+            bundle_version=self.version,
+            model=self.manifest.model,
+            dimension=self.dim,
+            index_type=self.index_type,
+            item_count=self.item_count,
+            failure_count=self.manifest.failure_count,
+            default_nprobe=self.vectors.default_nprobe,
+            neighbour_table_k=self.vectors.table_k,
+            image_search=self.image_embedder is not None,
+            loaded_at=self.loaded_at,
+        )

@@ -39,6 +39,22 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class IndexSummary:
+    """What the serving bundle is (GetIndexInfo's bundle fields)."""
+
+    bundle_version: str
+    model: str
+    dimension: int
+    index_type: str
+    item_count: int
+    failure_count: int
+    default_nprobe: int
+    neighbour_table_k: int
+    image_search: bool
+    loaded_at: float  # Unix seconds
+
+
+@dataclass(frozen=True)
 class ItemQuery:
     item_id: int
     options: SearchOptions = field(default_factory=SearchOptions)

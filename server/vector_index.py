@@ -1,0 +1,79 @@
+"""The vector index of a bundle: FAISS search with per-request parameters, reconstruction by item id,
+and the precomputed neighbour table. Plain arrays in and out; no item metadata, no validation.
+
+Per-request parameters (nprobe, exact) go through FAISS search-parameter objects: the shared index
+is never mutated from a request thread. OpenMP thread counts are per calling thread, so each request
+thread sets its own once.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from indexer.bundle import Bundle
+from server.coalescer import Coalescer
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """How one search runs: ``nprobe`` 0 = the bundle default; ``exact`` scans every list."""
+
+    nprobe: int = 0
+    exact: bool = False
+
+
+class VectorIndex:
+    def __init__(self, bundle: Bundle, threads: int = 1, coalesce: bool = False) -> None:
+        self.index = bundle.index
+        self.dim = int(bundle.index.d)
+        ivf = faiss.try_extract_index_ivf(bundle.index) if not isinstance(bundle.index, faiss.IndexIDMap) else None
+        self.nlist = int(ivf.nlist) if ivf is not None else 0
+        self.default_nprobe = int(ivf.nprobe) if ivf is not None else 0
+        self.is_exact = ivf is None
+        self.threads = threads
+        self._tls = threading.local()
+        self._table_ids = bundle.neighbour_ids
+        self._table_scores = bundle.neighbour_scores
+        self.table_k = 0 if bundle.neighbour_ids is None else int(bundle.neighbour_ids.shape[1])
+        # opt-in: batch concurrent single queries on flat indexes into one FAISS call. On 2 cores it did
+        # not beat one single-threaded scan per request thread (scripts/bench_concurrency.py).
+        self.coalescer = Coalescer(self.index) if self.is_exact and coalesce else None
+
+    def _ensure_threads(self) -> None:
+        if getattr(self._tls, "threads", None) != self.threads:
+            faiss.omp_set_num_threads(self.threads)
+            self._tls.threads = self.threads
+
+    def faiss_params(self, params: SearchParams) -> tuple[faiss.SearchParameters | None, bool]:
+        """(FAISS search parameters, whether the answer is exact)."""
+        if self.is_exact:
+            return None, True
+        if params.exact:
+            return faiss.SearchParametersIVF(nprobe=self.nlist), True
+        nprobe = params.nprobe or self.default_nprobe
+        return faiss.SearchParametersIVF(nprobe=nprobe), nprobe >= self.nlist
+
+    def search(self, queries: np.ndarray, fetch: int, params: SearchParams) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Top-``fetch`` (scores, item ids, exact) for normalized float32 queries (nq, dim); ids -1 pad."""
+        self._ensure_threads()
+        faiss_params, exact = self.faiss_params(params)
+        if self.coalescer is not None and len(queries) == 1:
+            scores, ids = self.coalescer.search(queries[0], fetch)
+            return scores[None], ids[None], exact
+        scores, ids = self.index.search(queries, fetch, params=faiss_params)
+        return scores, ids, exact
+
+    def vectors(self, item_ids: np.ndarray) -> np.ndarray:
+        """Stored (normalized) vectors of known item ids, (n, dim) float32."""
+        if len(item_ids) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.vstack([self.index.reconstruct(int(i)) for i in item_ids])
+
+    def table_row(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(neighbour ids, scores) of an item row from the precomputed table, or None without one."""
+        if self._table_ids is None or self._table_scores is None:
+            return None
+        return self._table_ids[row], self._table_scores[row]
