@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from indexer.bundle import DEFAULT_KEEP_BUILDS
+from indexer.extras import INDEX_MODULES, require
 
 EXIT_ERROR = 2  # bad input or environment (also argparse's usage errors)
 EXIT_INTERNAL = 1
@@ -26,6 +26,7 @@ EPILOG = """examples:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from indexer.bundle import DEFAULT_KEEP_BUILDS
     from indexer.embedders.embedder import POOLINGS, RESIZE_POLICIES
     from indexer.embedders.registry import backbone_names
     from indexer.images import DEFAULT_MAX_PIXELS
@@ -196,6 +197,7 @@ def _os_error_line(exc: OSError, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    require("posters-index", "index", INDEX_MODULES)
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

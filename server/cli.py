@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from indexer.extras import SERVE_MODULES, require
+
+    require("posters-serve", "serve", SERVE_MODULES)
     args = _parser().parse_args(argv)
     for key, value in THREAD_ENV.items():
         os.environ.setdefault(key, value)

@@ -54,7 +54,7 @@ def run(workdir: Path, count: int, keep_server: bool) -> int:
     from indexer.catalog import CatalogConfig
     from indexer.demo_catalog import write_demo_catalog
     from server.client import PosterClient
-    from server.sheet import contact_sheet
+    from server.client.sheet import contact_sheet
     from server.types import SearchOptions
 
     catalog_dir, index_root, sheets = workdir / "catalog", workdir / "index", workdir / "sheets"

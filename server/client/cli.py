@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import grpc
 
     from server.client import PosterClient
-    from server.sheet import contact_sheet
+    from server.client.sheet import contact_sheet
     from server.types import SearchOptions
 
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get("POSTERS_TOKEN") or None

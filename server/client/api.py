@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server import convert
+from server.client import convert
 from server._proto import posters_pb2 as pb
 from server._proto import posters_pb2_grpc as pb_grpc
 from server.types import Item, Query, SearchOptions, SearchResult
