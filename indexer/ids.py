@@ -151,16 +151,15 @@ def parse_id_array(values: np.ndarray) -> ParsedIds:
         else:
             ok = arr >= MIN_ITEM_ID
         ids = np.where(ok, arr, 0).astype(np.int64)
-        reasons = {int(p): f"{'is above 2**63-1' if kind == 'u' else 'is negative'}; {DOMAIN}"
-                   for p in np.flatnonzero(~ok)}
-        return ParsedIds(ids, ok, reasons)
+        return ParsedIds(ids, ok, {int(p): f"{'is above 2**63-1' if kind == 'u' else 'is negative'}; {DOMAIN}"
+                                   for p in np.flatnonzero(~ok)})
     if kind == "f":
         x = arr.astype(np.float64)  # float16/32 widen exactly
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(x) & (x == np.floor(x)) & (x >= MIN_ITEM_ID) & (x <= MAX_EXACT_FLOAT_ID)
         ids = np.where(ok, x, 0).astype(np.int64)
-        reasons = {int(p): _float_id(float(x[p]))[1] or "is not an integer" for p in np.flatnonzero(~ok)}
-        return ParsedIds(ids, ok, reasons)
+        return ParsedIds(ids, ok, {int(p): _float_id(float(x[p]))[1] or "is not an integer"
+                                   for p in np.flatnonzero(~ok)})
     if kind in "USO":
         ids = np.zeros(n, np.int64)
         ok = np.zeros(n, bool)

@@ -116,7 +116,8 @@ def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
     if len(data) > config.max_bytes:
         raise ImageTooLargeError(f"image is {len(data)} bytes, limit is {config.max_bytes}")
     try:
-        with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as im:
+        with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as opened:
+            im: Image.Image = opened
             w, h = im.size
             if w * h > config.max_pixels:
                 raise ImageTooLargeError(f"image is {w}x{h} = {w * h} pixels, limit is {config.max_pixels}")

@@ -63,7 +63,7 @@ def normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for start in range(0, len(x), NORMALIZE_BLOCK_ROWS):  # bounds the float64 temporaries
         block = x[start : start + NORMALIZE_BLOCK_ROWS]
         with np.errstate(invalid="ignore", over="ignore"):
-            finite = np.isfinite(block).all(axis=1)
+            finite = np.asarray(np.isfinite(block).all(axis=1))
             scale = np.abs(np.where(finite[:, None], block, 0)).max(axis=1, initial=0).astype(np.float64)
         good = finite & (scale > 0)
         scaled = block[good].astype(np.float64) / scale[good, None]  # |values| <= 1: no overflow, no underflow

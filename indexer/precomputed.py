@@ -121,13 +121,13 @@ def _stack_rows(values: np.ndarray, path: Path) -> tuple[np.ndarray, dict[int, s
     dim = lengths.most_common(1)[0][0]
     out = np.full((len(rows), dim), np.nan)
     bad: dict[int, str] = {}
-    for pos, arr in enumerate(rows):
-        if arr is None:
+    for pos, row in enumerate(rows):
+        if row is None:
             bad[pos] = "vector is missing"
-        elif len(arr) != dim:
-            bad[pos] = f"vector has {len(arr)} values, expected {dim} (the most common length)"
+        elif len(row) != dim:
+            bad[pos] = f"vector has {len(row)} values, expected {dim} (the most common length)"
         else:
-            out[pos] = arr
+            out[pos] = row
     return out, bad
 
 
@@ -196,8 +196,8 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
         problems.append(Problem(None, str(raw.ids_file), "precomputed",
                                 f"{raw.where(pos)}: item id {shown!r} {reason}; row skipped"))
     ids = parsed.ids
-    for pos in np.flatnonzero(keep):
-        if int(pos) in raw.bad_rows:
+    for pos in np.flatnonzero(keep).tolist():
+        if pos in raw.bad_rows:
             problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
                                     f"{_row(int(pos))}: {raw.bad_rows[int(pos)]}; row skipped"))
     keep[list(raw.bad_rows)] = False
@@ -207,9 +207,9 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
             in_range = (np.abs(np.where(np.isfinite(vectors), vectors, 0)) <= FLOAT32_MAX).all(axis=1)
     else:  # integers always fit float32's range
         finite = in_range = np.ones(len(vectors), bool)
-    for pos in np.flatnonzero(keep & ~finite):
+    for pos in np.flatnonzero(keep & ~finite).tolist():
         problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed", "vector has NaN or Inf values"))
-    for pos in np.flatnonzero(keep & finite & ~in_range):
+    for pos in np.flatnonzero(keep & finite & ~in_range).tolist():
         problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
                                 f"vector has values beyond the float32 range (+-{FLOAT32_MAX:.3g})"))
     keep &= finite & in_range
@@ -217,7 +217,7 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
     usable = np.flatnonzero(keep)
     _, first = np.unique(ids[usable], return_index=True)
     first_kept[usable[first]] = True
-    for pos in np.flatnonzero(keep & ~first_kept):
+    for pos in np.flatnonzero(keep & ~first_kept).tolist():
         problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
                                 "duplicate item id; the first usable row is kept"))
     keep &= first_kept

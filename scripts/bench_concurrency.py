@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -27,8 +28,11 @@ import numpy as np  # noqa: E402
 
 from bench_common import clustered_vectors, machine, percentiles_ms, write_results  # noqa: E402
 
+if TYPE_CHECKING:
+    from server.searcher import Searcher
 
-def run(searcher, queries: np.ndarray, threads: int, per_thread: int) -> dict:
+
+def run(searcher: Searcher, queries: np.ndarray, threads: int, per_thread: int) -> dict:
     from server.types import SearchOptions
 
     latencies: list[float] = []
@@ -67,7 +71,7 @@ def main() -> int:
     from indexer.index import IndexSpec
     from indexer.pipeline import PipelineConfig
     from indexer.precomputed import PrecomputedConfig
-    from server.cli import BLAS_THRESHOLD
+    from server.runtime import BLAS_THRESHOLD
     from server.searcher import Searcher
 
     faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD

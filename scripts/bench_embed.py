@@ -13,6 +13,7 @@ and the achieved GFLOP/s as a fraction of a float32 GEMM measured in the same ru
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import os
 import sys
 import tempfile
@@ -44,7 +45,7 @@ def gemm_gflops(repeats: int = 7) -> float:
     return 2 * GEMM_SIZE**3 / float(np.median(times)) / 1e9
 
 
-def model_gflop_per_image(model) -> float:
+def model_gflop_per_image(model: Any) -> float:
     """Multiply-adds x 2 of the convolution and dense layers, read from the model."""
     import keras
 

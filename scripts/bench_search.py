@@ -16,6 +16,7 @@ JSON + Markdown + PNG under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 import json
 import os
 import signal
@@ -106,8 +107,8 @@ def worker_searcher(n: int, d: int, queries: int, root: str) -> dict:
     rng = np.random.default_rng(1)
     item_ids = ids[rng.integers(n, size=queries + 20)]
     opts = SearchOptions(k=K)
-    out = {"method": "searcher", "n": n, "d": d, "index": b.manifest["index"]["type"],
-           "nprobe": b.manifest["index"].get("nprobe", 0), "rss_mb": round(rss, 1)}
+    out = {"method": "searcher", "n": n, "d": d, "index": b.manifest.index.type,
+           "nprobe": b.manifest.index.nprobe, "rss_mb": round(rss, 1)}
     out["item"] = percentiles_ms(time_calls(lambda i: s.similar_to_item(int(item_ids[i]), opts), queries))
     out["item_via_index"] = percentiles_ms(time_calls(
         lambda i: s.similar_to_item(int(item_ids[i]), SearchOptions(k=K, exclude_ids=(-1,))), queries))
@@ -232,9 +233,8 @@ def plot(results: list[dict], path: Path) -> None:
         for label, method, key in (("dense row argsort", "dense", "item"), ("searcher item", "searcher", "item"),
                                    ("searcher vector", "searcher", "vector"), ("gRPC item", "grpc", "item"),
                                    ("gRPC vector", "grpc", "vector"), ("gRPC floor", "grpc", "floor")):
-            pts = sorted((r["n"], (r.get(key) or r.get("item_row_argsort_only"))["p50_ms"])
-                         for r in results if r["method"] == method and r["d"] == d
-                         and (r.get(key) or r.get("item_row_argsort_only")))
+            pts = sorted((r["n"], stats["p50_ms"]) for r in results if r["method"] == method and r["d"] == d
+                         for stats in [r.get(key) or r.get("item_row_argsort_only")] if stats)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=label)
         ax.set(xscale="log", yscale="log", xlabel="items N", ylabel="p50 latency (ms)", title=f"D = {d}")
@@ -253,7 +253,9 @@ def main() -> int:
     args = p.parse_args()
     if args.worker:
         kind, *rest = args.worker
-        fn = {"dense": worker_dense, "build": worker_build, "searcher": worker_searcher, "grpc": worker_grpc}[kind]
+        workers: dict[str, Callable[..., dict]] = {"dense": worker_dense, "build": worker_build,
+                                                   "searcher": worker_searcher, "grpc": worker_grpc}
+        fn = workers[kind]
         conv = [int(v) if v.isdigit() else v for v in rest]
         print(json.dumps(fn(*conv)))
         return 0

@@ -54,7 +54,7 @@ def _build_cmd(kind: str, tmp: Path, root: Path) -> list[str]:
 def _check(root: Path) -> str:
     from indexer import bundle as bundles
 
-    build_id = bundles.read_current(root)
+    build_id = str(bundles.read_current(root))
     bundles.load_bundle(root / "builds" / build_id, verify=True)
     return build_id
 
@@ -144,7 +144,8 @@ def main() -> int:
     kinds = ("catalog", "catalog-no-cache", "precomputed")
     for kind in kinds:  # a published baseline of each kind
         subprocess.run(_build_cmd(kind, tmp, root), check=True, capture_output=True, env=env, cwd=ROOT)
-    rows, phases = [], collections.Counter()
+    rows: list[dict[str, object]] = []
+    phases: collections.Counter[str] = collections.Counter()
     failures = 0
     for trial in range(args.trials):
         phase, marker, max_delay = TARGETS[trial % len(TARGETS)]
@@ -184,16 +185,16 @@ def main() -> int:
 
     manager = BundleManager(root, image_search=False)
     assert manager.reload()
-    serving = manager.current.version
+    serving = manager.require().version
     subprocess.run(_build_cmd("precomputed", tmp, root), check=True, capture_output=True, env=env, cwd=ROOT)
-    newest = bundles.read_current(root)
+    newest = str(bundles.read_current(root))
     index_file = root / "builds" / newest / "index.faiss"
     index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
-    refused = not manager.reload() and manager.current.version == serving and "index.faiss" in manager.last_error
+    refused = not manager.reload() and manager.require().version == serving and "index.faiss" in manager.last_error
     by_kind = collections.Counter(r["kind"] for r in write_rows)
     info = machine()
     md = (f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. {args.trials} trials, "
-          f"{sum(r['killed'] for r in rows)} killed; kill phases: {dict(phases)}; broken CURRENT: {failures}; "
+          f"{sum(bool(r['killed']) for r in rows)} killed; kill phases: {dict(phases)}; broken CURRENT: {failures}; "
           f"corrupt new bundle refused by a running server: {refused} ({manager.last_error}).\n"
           f"Write faults: {dict(by_kind)} trials; broken (a published bundle that fails to load, a traceback, "
           f"or an exit code other than 0/2): {write_broken}.\n")

@@ -16,8 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from server.client import PosterClient
 
 log = logging.getLogger("posters-demo")
 SERVER_START_TIMEOUT = 180.0
@@ -34,7 +38,7 @@ def _wait_for_port(port_file: Path, proc: subprocess.Popen, timeout: float) -> i
     raise TimeoutError(f"posters-serve did not start listening within {timeout:.0f}s")
 
 
-def _sequel_report(client, families: pd.DataFrame) -> tuple[int, int]:
+def _sequel_report(client: PosterClient, families: pd.DataFrame) -> tuple[int, int]:
     from server.types import SearchOptions
 
     fam = families.set_index("movieId")["family"]
@@ -102,10 +106,10 @@ def run(workdir: Path, count: int, keep_server: bool) -> int:
             from PIL import Image
 
             item = client.items([sequel_movies[0]])[0]
-            with Image.open(posters / item.poster) as im:
-                w, h = im.size
+            with Image.open(posters / item.poster) as poster:
+                width, height = poster.size
                 buf = io.BytesIO()
-                im.crop((8, 8, w - 8, h - 8)).save(buf, "JPEG", quality=60)
+                poster.crop((8, 8, width - 8, height - 8)).save(buf, "JPEG", quality=60)
             result = client.image(buf.getvalue(), SearchOptions(k=8))
             contact_sheet(f"photo of {item.title}", buf.getvalue(), result.hits, posters).save(sheets / "image.png")
             print(f"-- image query (cropped JPEG of {item.title}): top hit {result.hits[0].item.title} "

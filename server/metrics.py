@@ -38,10 +38,10 @@ class _StateCollector(Collector):
         in_flight = GaugeMetricFamily("posters_calls_in_flight", "Admitted calls by cost class", labels=["cost"])
         rejected = CounterMetricFamily("posters_calls_rejected", "Calls refused because their cost class was "
                                        "full (RESOURCE_EXHAUSTED)", labels=["cost"])
-        for cls, n in self._admission.in_flight().items():
-            in_flight.add_metric([cls], n)
-        for cls, n in self._admission.rejected.items():
-            rejected.add_metric([cls.value], n)
+        for name, n in self._admission.in_flight().items():
+            in_flight.add_metric([name], n)
+        for cost, n in self._admission.rejected.items():
+            rejected.add_metric([cost.value], n)
         yield in_flight
         yield rejected
         yield CounterMetricFamily("posters_image_embeddings", "Image embeddings started",

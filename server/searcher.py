@@ -60,7 +60,7 @@ class Searcher:
         self.manifest = bundle.manifest
         self.items = ItemStore(bundle.items, bundle.version)
         self.vectors = VectorIndex(bundle, threads=threads, coalesce=coalesce)
-        self.titles = TitleIndex(self.items.titles)
+        self.titles = TitleIndex(self.items.titles.tolist())
         self.image_embedder = image_embedder
         self.image_unavailable_reason = image_unavailable_reason
         self.loaded_at = time.time()

@@ -13,7 +13,9 @@ class TitleIndex:
     def find(self, text: str, limit: int) -> list[int]:
         """Rows whose title contains ``text`` (case-insensitive): exact, then prefix, then other matches."""
         needle = text.strip().lower()
-        exact, prefix, other = [], [], []
+        exact: list[int] = []
+        prefix: list[int] = []
+        other: list[int] = []
         for row, title in enumerate(self._lower):
             if needle in title:
                 bare = title.rsplit(YEAR_SUFFIX, 1)[0]

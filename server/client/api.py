@@ -33,7 +33,7 @@ class PosterClient:
     def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, tls_ca: Path | None = None,
                  client_cert: Path | None = None, client_key: Path | None = None, timeout: float = 30.0,
                  server_name: str | None = None, max_message_bytes: int = 12 * 1024 * 1024) -> None:
-        options = [("grpc.max_send_message_length", max_message_bytes),
+        options: list[tuple[str, str | int]] = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))

@@ -123,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
                 query_title = "like " + first_title + (f" +{len(positive) - 1}" if len(positive) > 1 else "") + (
                     f" not {len(negative)}" if negative else "")
             else:
-                query_image = args.file.read_bytes()
-                result = client.image(query_image, options)
+                data = args.file.read_bytes()
+                query_image = data
+                result = client.image(data, options)
                 query_title = args.file.name
         except grpc.RpcError as exc:
             print(f"posters-query: {exc.code().name}: {exc.details()}", file=sys.stderr)

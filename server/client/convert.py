@@ -5,6 +5,8 @@ pandas nor TensorFlow.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from server._proto import posters_pb2 as pb
 from server.types import Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult, VectorQuery
 
