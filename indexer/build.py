@@ -1,7 +1,9 @@
 """A build: catalog (or precomputed vectors) -> embeddings -> index -> published bundle."""
+
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 import logging
 import platform
 import time
@@ -19,7 +21,7 @@ from indexer.embedders import Embedder, EmbedderSpec
 from indexer.errors import BuildError
 from indexer.images import DEFAULT_MAX_PIXELS, DecodeConfig
 from indexer.index import IndexSpec, build_index, normalize
-from indexer.neighbours import DEFAULT_K, neighbour_table
+from indexer.neighbours import DEFAULT_K, NEAR_DUPLICATE_COSINE, near_duplicate_pairs, neighbour_table
 from indexer.pipeline import PipelineConfig, embed_files
 from indexer.precomputed import PrecomputedConfig, load_precomputed
 
@@ -52,6 +54,8 @@ class BuildReport:
     from_cache: int
     embedded: int
     phases: dict[str, float]
+    near_duplicate_pairs: int | None = None  # None: not checked (no neighbour table)
+    failures_by_stage: dict[str, int] = field(default_factory=dict)
 
 
 def library_versions() -> dict[str, str]:
@@ -66,8 +70,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _embed_catalog(config: BuildConfig, catalog: Catalog, embedder: Embedder | None
-                   ) -> tuple[pd.DataFrame, np.ndarray, list[Problem], bundles.EmbedderInfo, int, int]:
+def _embed_catalog(
+    config: BuildConfig, catalog: Catalog, embedder: Embedder | None
+) -> tuple[pd.DataFrame, np.ndarray, list[Problem], bundles.EmbedderInfo, int, int]:
     embedder = embedder or Embedder(config.embedder)
     if embedder.spec != config.embedder:
         raise BuildError(f"embedder spec mismatch: config {config.embedder}, embedder {embedder.spec}")
@@ -88,8 +93,14 @@ def _embed_catalog(config: BuildConfig, catalog: Catalog, embedder: Embedder | N
     ok = np.array(sorted(outcome.vectors), dtype=np.int64)
     vectors = np.stack([outcome.vectors[p] for p in ok]) if len(ok) else np.zeros((0, embedder.dim), np.float32)
     rate = outcome.embedded / outcome.seconds if outcome.seconds else 0.0
-    log.info("embedded %d, from cache %d, failed %d in %.1fs (%.1f img/s)",
-             outcome.embedded, outcome.from_cache, len(outcome.failures), outcome.seconds, rate)
+    log.info(
+        "embedded %d, from cache %d, failed %d in %.1fs (%.1f img/s)",
+        outcome.embedded,
+        outcome.from_cache,
+        len(outcome.failures),
+        outcome.seconds,
+        rate,
+    )
     info = bundles.EmbedderInfo(**embedder.describe())
     return items.iloc[ok].reset_index(drop=True), vectors, problems, info, outcome.from_cache, outcome.embedded
 
@@ -101,8 +112,9 @@ def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, li
     if config.catalog is not None and config.catalog.movies_csv is not None:
         items = load_movies(config.catalog, problems).assign(poster="")
     meta = pd.DataFrame({"item_id": ids}).merge(items, on="item_id", how="left")
-    meta = meta.assign(title=meta["title"].fillna(""), genres=meta["genres"].fillna(""),
-                       poster=meta["poster"].fillna(""))
+    meta = meta.assign(
+        title=meta["title"].fillna(""), genres=meta["genres"].fillna(""), poster=meta["poster"].fillna("")
+    )
     return meta, vectors, problems
 
 
@@ -110,7 +122,7 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
     """Run a build and publish it atomically. On any error CURRENT is unchanged."""
     if config.catalog is None and config.precomputed is None:
         raise BuildError("a build needs a catalog (posters) or precomputed embeddings")
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
     root = config.index_root
@@ -131,11 +143,19 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             phases["embed"] = time.perf_counter() - t
         vectors, ok = normalize(vectors)
         for pos in np.flatnonzero(~ok):
-            problems.append(Problem(int(items["item_id"].iat[pos]), str(items["poster"].iat[pos]), "embed",
-                                    "embedding is zero or not finite; cannot be normalized"))
+            problems.append(
+                Problem(
+                    int(items["item_id"].iat[pos]),
+                    str(items["poster"].iat[pos]),
+                    "embed",
+                    "embedding is zero or not finite; cannot be normalized",
+                )
+            )
         items, vectors = items[ok].reset_index(drop=True), vectors[ok]
         if len(items) == 0:
-            raise BuildError(f"nothing to index: 0 usable items ({len(problems)} problems); {root / bundles.CURRENT} unchanged")
+            raise BuildError(
+                f"nothing to index: 0 usable items ({len(problems)} problems); {root / bundles.CURRENT} unchanged"
+            )
         ids = items["item_id"].to_numpy(np.int64)
         t = time.perf_counter()
         log.info("building index over %d vectors of dim %d", len(ids), vectors.shape[1])
@@ -147,6 +167,10 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             log.info("computing the top-%d neighbour table", config.neighbours_k)
             nids, nscores = neighbour_table(vectors, ids, config.neighbours_k, progress=config.pipeline.progress)
             phases["neighbours"] = time.perf_counter() - t
+        duplicates = None if nids is None or nscores is None else near_duplicate_pairs(ids, nids, nscores)
+        if duplicates:
+            log.warning("%d pairs of items have near-identical posters (cosine > %.2f): a catalog error? "
+                        "posters-index eval ROOT lists them", duplicates, NEAR_DUPLICATE_COSINE)
         build_id = bundles.new_build_id(started)
         manifest = bundles.Manifest(
             build_id=build_id,
@@ -158,9 +182,12 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             neighbours=bundles.NeighboursInfo(k=int(nids.shape[1]) if nids is not None else 0, exact=True),
             item_count=len(ids),
             failure_count=len(problems),
+            near_duplicate_pairs=duplicates,
             source={
                 "catalog": {k: str(v) for k, v in asdict(config.catalog).items()} if config.catalog else None,
-                "precomputed": {k: str(v) for k, v in asdict(config.precomputed).items()} if config.precomputed else None,
+                "precomputed": {k: str(v) for k, v in asdict(config.precomputed).items()}
+                if config.precomputed
+                else None,
             },
             embedding_counts={"from_cache": from_cache, "embedded": embedded},
             phase_seconds={k: round(v, 3) for k, v in phases.items()},
@@ -168,14 +195,21 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
         )
         t = time.perf_counter()
         log.info("writing bundle %s to staging", build_id)
-        staged = bundles.write_staging(root, bundles.BundleContents(built.index, items, problems, manifest, nids,
-                                                                    nscores))
+        staged = bundles.write_staging(
+            root, bundles.BundleContents(built.index, items, problems, manifest, nids, nscores)
+        )
         phases["write"] = time.perf_counter() - t
         path = bundles.publish(root, staged)
         removed = bundles.prune(root, config.keep_builds)
         if removed:
             log.info("pruned old builds: %s", ", ".join(removed))
     phases["total"] = time.perf_counter() - t0
-    log.info("build %s: %d items, %d failures; phases %s", build_id, len(items), len(problems),
-             {k: round(v, 2) for k, v in phases.items()})
-    return BuildReport(build_id, path, len(items), len(problems), from_cache, embedded, phases)
+    log.info(
+        "build %s: %d items, %d failures; phases %s",
+        build_id,
+        len(items),
+        len(problems),
+        {k: round(v, 2) for k, v in phases.items()},
+    )
+    by_stage = dict(Counter(p.stage for p in problems))
+    return BuildReport(build_id, path, len(items), len(problems), from_cache, embedded, phases, duplicates, by_stage)

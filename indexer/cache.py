@@ -4,13 +4,14 @@ SQLite (WAL, one commit per batch): a rebuild embeds only new or changed
 posters, and a killed build resumes from the last committed batch. One cache may
 be used from several threads (decoding workers look vectors up); a lock serializes them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -92,21 +93,23 @@ class EmbeddingCache:
 
     def count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM embeddings WHERE fingerprint = ?",
-                                    [self.fingerprint]).fetchone()[0]
+            return self._db.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE fingerprint = ?", [self.fingerprint]
+            ).fetchone()[0]
 
     def items(self) -> dict[str, np.ndarray]:
         """Every (content hash, vector) of this fingerprint (for tests and tools; loads them all)."""
         with self._lock:
-            rows = self._db.execute("SELECT content_hash, vector FROM embeddings WHERE fingerprint = ?",
-                                    [self.fingerprint]).fetchall()
+            rows = self._db.execute(
+                "SELECT content_hash, vector FROM embeddings WHERE fingerprint = ?", [self.fingerprint]
+            ).fetchall()
         return {key: np.frombuffer(blob, np.float32) for key, blob in rows}
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "EmbeddingCache":
+    def __enter__(self) -> EmbeddingCache:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,6 +4,7 @@ Produces an items table (one row per movie with a poster file) and a list of
 problems (missing posters, duplicate or malformed ids) that goes into the
 bundle's failures report. Nothing here decodes images.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -67,14 +68,16 @@ class Catalog:
 
 
 def empty_items() -> pd.DataFrame:
-    return pd.DataFrame({
-        "item_id": pd.Series(dtype="int64"),
-        "title": pd.Series(dtype="object"),
-        "genres": pd.Series(dtype="object"),
-        "imdb_id": pd.Series(dtype="Int64"),
-        "tmdb_id": pd.Series(dtype="Int64"),
-        "poster": pd.Series(dtype="object"),
-    })
+    return pd.DataFrame(
+        {
+            "item_id": pd.Series(dtype="int64"),
+            "title": pd.Series(dtype="object"),
+            "genres": pd.Series(dtype="object"),
+            "imdb_id": pd.Series(dtype="Int64"),
+            "tmdb_id": pd.Series(dtype="Int64"),
+            "poster": pd.Series(dtype="object"),
+        }
+    )
 
 
 def _codec(encoding: str) -> str:
@@ -82,8 +85,9 @@ def _codec(encoding: str) -> str:
     try:
         name = codecs.lookup(encoding).name
     except LookupError:
-        raise CatalogError(f"catalog encoding expected a Python codec name (utf-8, latin-1, cp1252, ...), "
-                           f"got {encoding!r}") from None
+        raise CatalogError(
+            f"catalog encoding expected a Python codec name (utf-8, latin-1, cp1252, ...), got {encoding!r}"
+        ) from None
     return "utf-8-sig" if name == "utf-8" else encoding
 
 
@@ -99,8 +103,9 @@ def _decode_error(path: Path, encoding: str, exc: UnicodeDecodeError) -> Catalog
                 except UnicodeDecodeError as bad:
                     return CatalogError(
                         f"{path}: line {number} (byte {offset + max(bad.start, 0)}) is not valid {encoding}: "
-                        f"{bad.reason} (byte {bad.object[bad.start:bad.start + 1]!r}); if the file is Latin-1 "
-                        f"(ISO-8859-1) or Windows-1252, pass its encoding (posters-index build --encoding latin-1)")
+                        f"{bad.reason} (byte {bad.object[bad.start : bad.start + 1]!r}); if the file is Latin-1 "
+                        f"(ISO-8859-1) or Windows-1252, pass its encoding (posters-index build --encoding latin-1)"
+                    )
                 offset += len(line)
     except OSError:
         pass
@@ -128,9 +133,14 @@ def _read_csv(path: Path, required: tuple[str, ...], encoding: str, problems: li
                 end = reader.line_num
                 where = f"line {start}" if start == end else f"lines {start}-{end}"
                 if row and len(row) != len(header):
-                    problems.append(Problem(None, str(path), "catalog",
-                                            f"{where}: expected {len(header)} fields ({','.join(header)}), "
-                                            f"got {len(row)}; row skipped"))
+                    problems.append(
+                        Problem(
+                            None,
+                            str(path),
+                            "catalog",
+                            f"{where}: expected {len(header)} fields ({','.join(header)}), got {len(row)}; row skipped",
+                        )
+                    )
                 elif row:
                     rows.append(row)
                     lines.append(start)
@@ -175,8 +185,14 @@ def _valid_ids(df: pd.DataFrame, column: str, path: Path, problems: list[Problem
     """Rows of ``df`` whose ``column`` is an item id, as int64 ``item_id``; the others are reported."""
     ids, reasons = _to_int_ids(df[column])
     for line, reason in reasons.items():
-        problems.append(Problem(None, str(path), "catalog",
-                                f"{column} {_shown(df.at[line, column])} {reason}; row skipped (line {line})"))
+        problems.append(
+            Problem(
+                None,
+                str(path),
+                "catalog",
+                f"{column} {_shown(df.at[line, column])} {reason}; row skipped (line {line})",
+            )
+        )
     return df.assign(item_id=ids)[ids.notna()].astype({"item_id": "int64"})
 
 
@@ -187,8 +203,14 @@ def _link_ids(links: pd.DataFrame, column: str, path: Path, problems: list[Probl
     ids, reasons = _to_int_ids(links[column])
     for line, reason in reasons.items():
         if str(links.at[line, column]).strip():
-            problems.append(Problem(int(links.at[line, "item_id"]), str(path), "catalog",
-                                    f"{column} {_shown(links.at[line, column])} {reason}; left blank (line {line})"))
+            problems.append(
+                Problem(
+                    int(links.at[line, "item_id"]),
+                    str(path),
+                    "catalog",
+                    f"{column} {_shown(links.at[line, column])} {reason}; left blank (line {line})",
+                )
+            )
     return ids
 
 
@@ -200,28 +222,38 @@ def load_movies(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame:
     movies = _valid_ids(movies, "movieId", config.movies_csv, problems)
     movies = _dedupe(movies, "movies.csv", config.movies_csv, problems)
     genres = movies["genres"] if "genres" in movies.columns else pd.Series("", index=movies.index)
-    out = pd.DataFrame({"item_id": movies["item_id"], "title": movies["title"].astype(object),
-                        "genres": genres.astype(object).replace("(no genres listed)", "")})
+    out = pd.DataFrame(
+        {
+            "item_id": movies["item_id"],
+            "title": movies["title"].astype(object),
+            "genres": genres.astype(object).replace("(no genres listed)", ""),
+        }
+    )
     if config.links_csv is not None:
         links = _read_csv(config.links_csv, ("movieId",), config.encoding, problems)
         links = _valid_ids(links, "movieId", config.links_csv, problems)
         links = _dedupe(links, "links.csv", config.links_csv, problems)
-        links = pd.DataFrame({
-            "item_id": links["item_id"],
-            "imdb_id": _link_ids(links, "imdbId", config.links_csv, problems),
-            "tmdb_id": _link_ids(links, "tmdbId", config.links_csv, problems),
-        })
+        links = pd.DataFrame(
+            {
+                "item_id": links["item_id"],
+                "imdb_id": _link_ids(links, "imdbId", config.links_csv, problems),
+                "tmdb_id": _link_ids(links, "tmdbId", config.links_csv, problems),
+            }
+        )
         out = out.merge(links, on="item_id", how="left")
     else:
-        out = out.assign(imdb_id=pd.Series(pd.NA, index=out.index, dtype="Int64"),
-                         tmdb_id=pd.Series(pd.NA, index=out.index, dtype="Int64"))
+        out = out.assign(
+            imdb_id=pd.Series(pd.NA, index=out.index, dtype="Int64"),
+            tmdb_id=pd.Series(pd.NA, index=out.index, dtype="Int64"),
+        )
     if config.min_ratings > 0:
         if config.ratings_csv is None:
             raise CatalogError("--min-ratings needs ratings.csv (--ratings)")
         counts = _rating_counts(config.ratings_csv, config.encoding, problems)
         keep = out["item_id"].map(counts).fillna(0) > config.min_ratings
-        log.info("popularity filter: %d of %d movies rated more than %d times",
-                 int(keep.sum()), len(out), config.min_ratings)
+        log.info(
+            "popularity filter: %d of %d movies rated more than %d times", int(keep.sum()), len(out), config.min_ratings
+        )
         out = out[keep]
     return out.reset_index(drop=True)
 
@@ -232,8 +264,14 @@ def _rating_counts(path: Path, encoding: str, problems: list[Problem]) -> pd.Ser
     invalid = 0
     first_invalid = ""
     try:
-        for chunk in pd.read_csv(path, usecols=["movieId"], dtype=str, keep_default_na=False,
-                                 chunksize=RATINGS_CHUNK_ROWS, encoding=_codec(encoding)):
+        for chunk in pd.read_csv(
+            path,
+            usecols=["movieId"],
+            dtype=str,
+            keep_default_na=False,
+            chunksize=RATINGS_CHUNK_ROWS,
+            encoding=_codec(encoding),
+        ):
             ids, reasons = _to_int_ids(chunk["movieId"])
             if reasons and not invalid:
                 label, reason = next(iter(reasons.items()))
@@ -246,10 +284,17 @@ def _rating_counts(path: Path, encoding: str, problems: list[Problem]) -> pd.Ser
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise CatalogError(f"cannot read ratings {path}: {exc}") from exc
     if invalid:
-        log.warning("%s: %d ratings have an invalid movieId and are not counted (first: %s)",
-                    path, invalid, first_invalid)
-        problems.append(Problem(None, str(path), "catalog",
-                                f"{invalid} ratings with an invalid movieId not counted (first: {first_invalid})"))
+        log.warning(
+            "%s: %d ratings have an invalid movieId and are not counted (first: %s)", path, invalid, first_invalid
+        )
+        problems.append(
+            Problem(
+                None,
+                str(path),
+                "catalog",
+                f"{invalid} ratings with an invalid movieId not counted (first: {first_invalid})",
+            )
+        )
     return counts if counts is not None else pd.Series(dtype="int64")
 
 
@@ -264,8 +309,10 @@ def _pattern_fields(pattern: str) -> list[str]:
     try:
         pattern.format(**dict.fromkeys(PATTERN_FIELDS, PATTERN_SAMPLE_ID))
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
-        raise CatalogError(f"poster pattern {pattern!r} cannot format an integer id: {exc} "
-                           f"(expected e.g. '{{tmdbId}}.jpg' or '{{imdbId:07d}}.jpg')") from None
+        raise CatalogError(
+            f"poster pattern {pattern!r} cannot format an integer id: {exc} "
+            f"(expected e.g. '{{tmdbId}}.jpg' or '{{imdbId:07d}}.jpg')"
+        ) from None
     return names
 
 
@@ -293,22 +340,37 @@ def _resolve_posters(items: pd.DataFrame, config: CatalogConfig, problems: list[
         values = {f: getattr(row, column[f]) for f in PATTERN_FIELDS}
         blank = [f for f in fields if pd.isna(values[f])]
         if blank:
-            problems.append(Problem(int(row.item_id), "", "catalog",
-                                    f"{blank[0]} is blank; poster pattern {config.pattern!r} needs it"))
+            problems.append(
+                Problem(
+                    int(row.item_id), "", "catalog", f"{blank[0]} is blank; poster pattern {config.pattern!r} needs it"
+                )
+            )
             posters.append("")
             continue
         try:
             name = config.pattern.format(**{k: int(v) if not pd.isna(v) else "" for k, v in values.items()})
         except (ValueError, OverflowError) as exc:  # e.g. '{tmdbId:c}' with an id above 0x10FFFF
-            problems.append(Problem(int(row.item_id), "", "catalog",
-                                    f"poster pattern {config.pattern!r} cannot format this row's ids: {exc}"))
+            problems.append(
+                Problem(
+                    int(row.item_id),
+                    "",
+                    "catalog",
+                    f"poster pattern {config.pattern!r} cannot format this row's ids: {exc}",
+                )
+            )
             posters.append("")
             continue
         found = (exact.get(name) or exact.get(name.lower())) if has_ext else by_stem.get(name)
         if found is None:
             expected = name if has_ext else f"{name}.{{{','.join(e[1:] for e in IMAGE_EXTENSIONS)}}}"
-            problems.append(Problem(int(row.item_id), str(config.posters_dir / name), "catalog",
-                                    f"poster file not found: expected {expected}"))
+            problems.append(
+                Problem(
+                    int(row.item_id),
+                    str(config.posters_dir / name),
+                    "catalog",
+                    f"poster file not found: expected {expected}",
+                )
+            )
             posters.append("")
         else:
             posters.append(found)
@@ -327,18 +389,27 @@ def _bare_folder(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame
             continue
         item_id, reason = parse_id_text(digits[-1])
         if item_id is None:
-            problems.append(Problem(None, name, "catalog",
-                                    f"id {_shown(digits[-1])} from the file name {reason}; file skipped"))
+            problems.append(
+                Problem(None, name, "catalog", f"id {_shown(digits[-1])} from the file name {reason}; file skipped")
+            )
             continue
         rows.append({"item_id": item_id, "title": stem, "genres": "", "poster": name})
     items = pd.DataFrame(rows, columns=["item_id", "title", "genres", "poster"]).astype({"item_id": "int64"})
     dup = items["item_id"].duplicated(keep="first")
     for row in items[dup].itertuples(index=False):
-        problems.append(Problem(int(row.item_id), row.poster, "catalog",
-                                f"duplicate item id {row.item_id} (from the file name); first file kept"))
+        problems.append(
+            Problem(
+                int(row.item_id),
+                row.poster,
+                "catalog",
+                f"duplicate item id {row.item_id} (from the file name); first file kept",
+            )
+        )
     items = items[~dup]
-    return items.assign(imdb_id=pd.Series(pd.NA, index=items.index, dtype="Int64"),
-                        tmdb_id=pd.Series(pd.NA, index=items.index, dtype="Int64"))
+    return items.assign(
+        imdb_id=pd.Series(pd.NA, index=items.index, dtype="Int64"),
+        tmdb_id=pd.Series(pd.NA, index=items.index, dtype="Int64"),
+    )
 
 
 def load_catalog(config: CatalogConfig) -> Catalog:

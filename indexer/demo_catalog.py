@@ -5,6 +5,7 @@ and a layout (with small jitter and their own title); each genre has its own
 visual style. ``families.csv`` records the ground truth (which movies are
 sequels of each other) so that "do sequels find each other?" can be measured.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -18,10 +19,50 @@ from PIL import Image, ImageDraw, ImageFont
 
 POSTER_SIZE = (300, 450)  # width, height: the usual 2:3 poster
 GENRES = ("Action", "Comedy", "Horror", "Romance", "Sci-Fi", "Animation", "Drama", "Western")
-_WORDS_A = ("Star", "Night", "Iron", "Silent", "Golden", "Last", "Wild", "Crimson", "Frozen", "Lost", "Dark",
-            "Little", "Hidden", "Broken", "Electric", "Midnight", "Savage", "Paper", "Velvet", "Atomic")
-_WORDS_B = ("Quest", "River", "Empire", "Garden", "Frontier", "Circus", "Harbor", "Machine", "Kingdom", "Signal",
-            "Orchard", "Storm", "Voyage", "Castle", "Planet", "Ranch", "Summer", "Legacy", "Tide", "Protocol")
+_WORDS_A = (
+    "Star",
+    "Night",
+    "Iron",
+    "Silent",
+    "Golden",
+    "Last",
+    "Wild",
+    "Crimson",
+    "Frozen",
+    "Lost",
+    "Dark",
+    "Little",
+    "Hidden",
+    "Broken",
+    "Electric",
+    "Midnight",
+    "Savage",
+    "Paper",
+    "Velvet",
+    "Atomic",
+)
+_WORDS_B = (
+    "Quest",
+    "River",
+    "Empire",
+    "Garden",
+    "Frontier",
+    "Circus",
+    "Harbor",
+    "Machine",
+    "Kingdom",
+    "Signal",
+    "Orchard",
+    "Storm",
+    "Voyage",
+    "Castle",
+    "Planet",
+    "Ranch",
+    "Summer",
+    "Legacy",
+    "Tide",
+    "Protocol",
+)
 _NUMERALS = ("", " II", " III", " IV")
 
 
@@ -33,13 +74,22 @@ class DemoSummary:
 
 
 def _palette(rng: np.random.Generator, genre: str) -> list[tuple[int, int, int]]:
-    base_hue = {"Action": 0.02, "Comedy": 0.14, "Horror": 0.0, "Romance": 0.92, "Sci-Fi": 0.6,
-                "Animation": 0.3, "Drama": 0.55, "Western": 0.08}[genre] + rng.uniform(-0.06, 0.06)
+    base_hue = {
+        "Action": 0.02,
+        "Comedy": 0.14,
+        "Horror": 0.0,
+        "Romance": 0.92,
+        "Sci-Fi": 0.6,
+        "Animation": 0.3,
+        "Drama": 0.55,
+        "Western": 0.08,
+    }[genre] + rng.uniform(-0.06, 0.06)
     light = 0.15 if genre == "Horror" else rng.uniform(0.35, 0.6)
     out = []
     for shift, l_mul in ((0.0, 1.0), (0.5, 1.3), (0.1, 0.6)):
-        r, g, b = colorsys.hls_to_rgb((base_hue + shift + rng.uniform(-0.05, 0.05)) % 1, min(light * l_mul, 0.92),
-                                      rng.uniform(0.5, 0.95))
+        r, g, b = colorsys.hls_to_rgb(
+            (base_hue + shift + rng.uniform(-0.05, 0.05)) % 1, min(light * l_mul, 0.92), rng.uniform(0.5, 0.95)
+        )
         out.append((int(r * 255), int(g * 255), int(b * 255)))
     return out
 
@@ -51,8 +101,9 @@ def _gradient(size: tuple[int, int], top: tuple[int, int, int], bottom: tuple[in
     return Image.fromarray(arr.astype(np.uint8), "RGB")
 
 
-def _draw_poster(genre: str, palette: list, layout: np.random.Generator, jitter: np.random.Generator,
-                 title: str) -> Image.Image:
+def _draw_poster(
+    genre: str, palette: list, layout: np.random.Generator, jitter: np.random.Generator, title: str
+) -> Image.Image:
     w, h = POSTER_SIZE
     c0, c1, c2 = palette
     im = _gradient(POSTER_SIZE, c0, c2)
@@ -141,8 +192,13 @@ def write_demo_catalog(out: Path, count: int = 120, seed: int = 7) -> DemoSummar
         for s in range(sequels):
             title = f"{name}{_NUMERALS[s]}"
             tmdb_id = 10_000 + movie_id * 7
-            image = _draw_poster(genre, palette, np.random.default_rng(layout_seed), np.random.default_rng(
-                layout_seed + 1000 * (s + 1)), title)
+            image = _draw_poster(
+                genre,
+                palette,
+                np.random.default_rng(layout_seed),
+                np.random.default_rng(layout_seed + 1000 * (s + 1)),
+                title,
+            )
             image.save(posters / f"{tmdb_id}.jpg", quality=90)
             genres = genre if genre == second else f"{genre}|{second}"
             movies.append((movie_id, f"{title} ({year + 2 * s})", genres))

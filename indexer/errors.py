@@ -1,4 +1,5 @@
 """Typed errors raised by the indexer library (the CLI turns them into messages)."""
+
 from __future__ import annotations
 
 

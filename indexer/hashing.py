@@ -1,4 +1,5 @@
 """File checksums used by bundles (integrity) and embedders (weights fingerprints)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -13,12 +13,14 @@ this module, which parses exactly and never through float64:
   neighbouring integers apart, so the id was probably rounded before it reached us).
 - anything else (bool, complex, dates, ...) is not an id array.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -135,8 +137,7 @@ def _float_id(value: float) -> tuple[int | None, str | None]:
     if value < MIN_ITEM_ID:
         return None, f"is negative; {DOMAIN}"
     if value > MAX_EXACT_FLOAT_ID:
-        return None, ("is a float above 2**53, where floats cannot represent every integer "
-                      "(store ids as integers)")
+        return None, ("is a float above 2**53, where floats cannot represent every integer (store ids as integers)")
     return int(value), None
 
 
@@ -151,15 +152,19 @@ def parse_id_array(values: np.ndarray) -> ParsedIds:
         else:
             ok = arr >= MIN_ITEM_ID
         ids = np.where(ok, arr, 0).astype(np.int64)
-        return ParsedIds(ids, ok, {int(p): f"{'is above 2**63-1' if kind == 'u' else 'is negative'}; {DOMAIN}"
-                                   for p in np.flatnonzero(~ok)})
+        return ParsedIds(
+            ids,
+            ok,
+            {int(p): f"{'is above 2**63-1' if kind == 'u' else 'is negative'}; {DOMAIN}" for p in np.flatnonzero(~ok)},
+        )
     if kind == "f":
         x = arr.astype(np.float64)  # float16/32 widen exactly
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(x) & (x == np.floor(x)) & (x >= MIN_ITEM_ID) & (x <= MAX_EXACT_FLOAT_ID)
         ids = np.where(ok, x, 0).astype(np.int64)
-        return ParsedIds(ids, ok, {int(p): _float_id(float(x[p]))[1] or "is not an integer"
-                                   for p in np.flatnonzero(~ok)})
+        return ParsedIds(
+            ids, ok, {int(p): _float_id(float(x[p]))[1] or "is not an integer" for p in np.flatnonzero(~ok)}
+        )
     if kind in "USO":
         ids = np.zeros(n, np.int64)
         ok = np.zeros(n, bool)

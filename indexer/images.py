@@ -5,6 +5,7 @@ becomes RGB with alpha composited on a neutral background; a pixel limit guards
 against decompression bombs before any pixel is decoded (Pillow's own guard stays
 on too); only well-known raster formats are opened.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,9 +34,15 @@ WIDE_PIXEL_BYTES = 4  # every other mode (RGB, RGBA, CMYK, I, F, LA, ...)
 SHRINK_HEADROOM = 2
 # EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose; applied after shrinking)
 EXIF_ORIENTATION_TAG = 0x0112
-EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                  6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIXTEEN_BIT_SCALE = 257.0  # 65535 / 255
 
@@ -125,8 +132,9 @@ def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
                 raise ImageError(f"image has no pixels ({w}x{h})")
             decoded = w * h * BYTES_PER_PIXEL.get(im.mode, WIDE_PIXEL_BYTES)
             if decoded > config.max_decoded_bytes:
-                raise ImageTooLargeError(f"image is {w}x{h} in mode {im.mode} = {decoded} bytes decoded, "
-                                         f"limit is {config.max_decoded_bytes}")
+                raise ImageTooLargeError(
+                    f"image is {w}x{h} in mode {im.mode} = {decoded} bytes decoded, limit is {config.max_decoded_bytes}"
+                )
             orientation = im.getexif().get(EXIF_ORIENTATION_TAG)
             im.draft("RGB", (config.size, config.size))  # JPEG: decode at reduced scale, much faster
             im = _shrink(im, config.size)
@@ -140,5 +148,5 @@ def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
         raise ImageTooLargeError(f"decompression bomb: {exc}") from exc
     except Image.UnidentifiedImageError:
         raise ImageError(f"not a recognised image (allowed formats: {', '.join(ALLOWED_FORMATS)})") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on hostile input
+    except Exception as exc:
         raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc

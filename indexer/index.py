@@ -5,6 +5,7 @@ or catalogs. ``flat`` is exact; ``ivf`` (IVF-Flat) probes ``nprobe`` of ``nlist`
 inverted lists, with ``nprobe`` tuned at build time to reach a recall target
 against exact search on held-out queries, and stored in the manifest.
 """
+
 from __future__ import annotations
 
 import logging
@@ -120,7 +121,9 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> BuiltI
     if n == 0:
         raise BuildError("no vectors to index")
     if len(ids) != n or len(np.unique(ids)) != n:
-        raise BuildError(f"ids must be unique and one per vector: got {len(np.unique(ids))} unique of {len(ids)} for {n}")
+        raise BuildError(
+            f"ids must be unique and one per vector: got {len(np.unique(ids))} unique of {len(ids)} for {n}"
+        )
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     kind = resolve_kind(spec, n)
@@ -147,16 +150,24 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> BuiltI
         if spec.nprobe is not None:
             nprobe = min(spec.nprobe, nlist)
             _, truth_rows = exact_search(x, x[: min(TUNE_QUERIES, n)], min(TUNE_K, n))
-            _, found = index.search(x[: min(TUNE_QUERIES, n)], min(TUNE_K, n),
-                                    params=faiss.SearchParametersIVF(nprobe=nprobe))
+            _, found = index.search(
+                x[: min(TUNE_QUERIES, n)], min(TUNE_K, n), params=faiss.SearchParametersIVF(nprobe=nprobe)
+            )
             recall = recall_at_k(found, ids[truth_rows])
         else:
             nprobe, recall = _tune_nprobe(index, x, ids, spec)
         index.nprobe = nprobe
-        params = IndexParams(type="ivf", exact=False, nlist=nlist, nprobe=nprobe, trained_on=n_train,
-                             target_recall=spec.target_recall, recall=round(recall, 4), recall_k=TUNE_K,
-                             recall_queries="held-in")
+        params = IndexParams(
+            type="ivf",
+            exact=False,
+            nlist=nlist,
+            nprobe=nprobe,
+            trained_on=n_train,
+            target_recall=spec.target_recall,
+            recall=round(recall, 4),
+            recall_k=TUNE_K,
+            recall_queries="held-in",
+        )
         log.info("IVF nlist=%d nprobe=%d recall@%d=%.3f", nlist, nprobe, TUNE_K, recall)
     params = params.model_copy(update={"build_seconds": round(time.perf_counter() - start, 3)})
     return BuiltIndex(index=index, params=params)
-

@@ -3,6 +3,7 @@
 Computed in query blocks with FAISS (O(N*K) memory, never the N x N matrix),
 so the server can answer plain item queries with k <= K in O(k).
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,10 +15,15 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 DEFAULT_K = 100
+# Two posters this similar are the same image (tuned on the copy-detection edits: no two distinct real
+# photos exceed it; exact and mirrored copies do). The build reports such pairs; eval lists them.
+NEAR_DUPLICATE_COSINE = 0.95
 BLOCK_ROWS = 4096
 
 
-def neighbour_table(vectors: np.ndarray, ids: np.ndarray, k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def neighbour_table(
+    vectors: np.ndarray, ids: np.ndarray, k: int, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (neighbour ids (N, K) int64, scores (N, K) float32), K = min(k, N - 1).
 
     Each row excludes the item itself by id and is sorted by score, best first.
@@ -43,3 +49,16 @@ def neighbour_table(vectors: np.ndarray, ids: np.ndarray, k: int, progress: bool
         out_ids[start : start + len(block)] = found[keep].reshape(len(block), k_eff)
         out_scores[start : start + len(block)] = scores[keep].reshape(len(block), k_eff)
     return out_ids, out_scores
+
+
+def near_duplicate_pairs(ids: np.ndarray, neighbour_ids: np.ndarray, neighbour_scores: np.ndarray,
+                         threshold: float = NEAR_DUPLICATE_COSINE) -> int:
+    """Unordered item pairs with cosine above ``threshold`` found in a neighbour table (each pair once).
+
+    A lower bound when an item has more such neighbours than the table holds.
+    """
+    rows, cols = np.nonzero(neighbour_scores > threshold)
+    a = ids[rows]
+    b = neighbour_ids[rows, cols]
+    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
+    return int(len(pairs))

@@ -5,16 +5,17 @@ so a vector is always stored under the hash of exactly the bytes it was computed
 file changes during the build. Never a per-image ``predict`` loop, never all decoded images in
 memory: at most ``PREFETCH_BATCHES`` batches of prepared posters wait for the model at any time.
 """
+
 from __future__ import annotations
 
 import collections
 import functools
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm

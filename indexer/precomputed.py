@@ -9,14 +9,15 @@ reported and skipped, as are duplicate ids and rows whose vector is missing, rag
 A file that cannot be read at all, vectors that are not numbers, or an ids file with no valid id is a
 CatalogError naming the file.
 """
+
 from __future__ import annotations
 
 import csv
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -60,8 +61,9 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise CatalogError(f"{path}: line {line} (byte {exc.start}) is not UTF-8 text; expected one integer "
-                           f"item id per line") from None
+        raise CatalogError(
+            f"{path}: line {line} (byte {exc.start}) is not UTF-8 text; expected one integer item id per line"
+        ) from None
 
 
 def _text_ids(path: Path) -> np.ndarray:
@@ -112,8 +114,10 @@ def _stack_rows(values: np.ndarray, path: Path) -> tuple[np.ndarray, dict[int, s
             continue
         arr = np.asarray(value)
         if arr.dtype.kind not in "iuf" or arr.ndim != 1:
-            raise CatalogError(f"{path}: {_row(pos)}: vector expected a list of numbers, got "
-                               f"{arr.ndim}-D {arr.dtype} {str(value)[:_SHOWN_CHARS]!r}")
+            raise CatalogError(
+                f"{path}: {_row(pos)}: vector expected a list of numbers, got "
+                f"{arr.ndim}-D {arr.dtype} {str(value)[:_SHOWN_CHARS]!r}"
+            )
         rows.append(arr)
     lengths = Counter(len(r) for r in rows if r is not None)
     if not lengths:
@@ -143,8 +147,9 @@ def _load_raw(config: PrecomputedConfig) -> _Raw:
         frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
         column = next((c for c in VECTOR_COLUMNS if c in frame.columns), None)
         if ID_COLUMN not in frame.columns or column is None:
-            raise CatalogError(f"{path}: columns {ID_COLUMN!r} and one of {VECTOR_COLUMNS} expected, "
-                               f"got {list(frame.columns)}")
+            raise CatalogError(
+                f"{path}: columns {ID_COLUMN!r} and one of {VECTOR_COLUMNS} expected, got {list(frame.columns)}"
+            )
         vectors, bad = _stack_rows(frame[column].to_numpy(dtype=object), path)
         return _Raw(_column_ids(frame[ID_COLUMN]), path, _row, vectors, bad)
     if suffix == ".npy":
@@ -166,8 +171,10 @@ def _parse_ids(raw: _Raw) -> ParsedIds:
         raise CatalogError(f"{raw.ids_file}: {exc}") from None
     if len(ids) and not parsed.ok.any():
         pos, reason = next(iter(parsed.reasons.items()))
-        raise CatalogError(f"{raw.ids_file}: no valid item id in {len(ids)} rows ({raw.where(pos)}: "
-                           f"{str(ids[pos])[:_SHOWN_CHARS]!r} {reason}); {DOMAIN}")
+        raise CatalogError(
+            f"{raw.ids_file}: no valid item id in {len(ids)} rows ({raw.where(pos)}: "
+            f"{str(ids[pos])[:_SHOWN_CHARS]!r} {reason}); {DOMAIN}"
+        )
     return parsed
 
 
@@ -182,8 +189,9 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
         raise CatalogError(f"cannot read precomputed embeddings {source}: {type(exc).__name__}: {exc}") from exc
     vectors = np.asarray(raw.vectors)
     if vectors.dtype.kind not in "iuf":
-        raise CatalogError(f"{config.vectors}: vectors expected a numeric array (float or int), "
-                           f"got dtype {vectors.dtype}")
+        raise CatalogError(
+            f"{config.vectors}: vectors expected a numeric array (float or int), got dtype {vectors.dtype}"
+        )
     if vectors.ndim != 2 or vectors.shape[1] == 0:
         raise CatalogError(f"{config.vectors}: vectors expected as a 2-D array (N, D), got shape {vectors.shape}")
     parsed = _parse_ids(raw)
@@ -193,13 +201,22 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
     keep = parsed.ok.copy()
     for pos, reason in parsed.reasons.items():
         shown = str(raw.ids[pos])[:_SHOWN_CHARS]
-        problems.append(Problem(None, str(raw.ids_file), "precomputed",
-                                f"{raw.where(pos)}: item id {shown!r} {reason}; row skipped"))
+        problems.append(
+            Problem(
+                None, str(raw.ids_file), "precomputed", f"{raw.where(pos)}: item id {shown!r} {reason}; row skipped"
+            )
+        )
     ids = parsed.ids
     for pos in np.flatnonzero(keep).tolist():
         if pos in raw.bad_rows:
-            problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
-                                    f"{_row(int(pos))}: {raw.bad_rows[int(pos)]}; row skipped"))
+            problems.append(
+                Problem(
+                    int(ids[pos]),
+                    str(config.vectors),
+                    "precomputed",
+                    f"{_row(int(pos))}: {raw.bad_rows[int(pos)]}; row skipped",
+                )
+            )
     keep[list(raw.bad_rows)] = False
     if vectors.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
@@ -210,15 +227,24 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
     for pos in np.flatnonzero(keep & ~finite).tolist():
         problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed", "vector has NaN or Inf values"))
     for pos in np.flatnonzero(keep & finite & ~in_range).tolist():
-        problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
-                                f"vector has values beyond the float32 range (+-{FLOAT32_MAX:.3g})"))
+        problems.append(
+            Problem(
+                int(ids[pos]),
+                str(config.vectors),
+                "precomputed",
+                f"vector has values beyond the float32 range (+-{FLOAT32_MAX:.3g})",
+            )
+        )
     keep &= finite & in_range
     first_kept = np.zeros(len(ids), bool)
     usable = np.flatnonzero(keep)
     _, first = np.unique(ids[usable], return_index=True)
     first_kept[usable[first]] = True
     for pos in np.flatnonzero(keep & ~first_kept).tolist():
-        problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed",
-                                "duplicate item id; the first usable row is kept"))
+        problems.append(
+            Problem(
+                int(ids[pos]), str(config.vectors), "precomputed", "duplicate item id; the first usable row is kept"
+            )
+        )
     keep &= first_kept
     return ids[keep], vectors[keep].astype(np.float32), problems

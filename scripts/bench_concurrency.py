@@ -8,6 +8,7 @@ JSON + Markdown under benchmarks/results/.
   python scripts/bench_concurrency.py                 # 20k x 1280 flat, 1/4/8 threads (~1 min)
   python scripts/bench_concurrency.py --items 5000 --dim 512
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,16 @@ import sys
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench_common import clustered_vectors, machine, percentiles_ms, write_results  # noqa: E402
+import faiss
+import numpy as np
+from bench_common import clustered_vectors, machine, percentiles_ms, write_results
 
 if TYPE_CHECKING:
     from server.searcher import Searcher
@@ -78,8 +78,15 @@ def main() -> int:
     everything = clustered_vectors(args.items + 1000, args.dim, seed=5)
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "v.npz", ids=np.arange(args.items), vectors=everything[: args.items])
-        build(BuildConfig(index_root=Path(tmp) / "r", precomputed=PrecomputedConfig(Path(tmp) / "v.npz"),
-                          index=IndexSpec(kind="flat"), pipeline=PipelineConfig(progress=False), neighbours_k=0))
+        build(
+            BuildConfig(
+                index_root=Path(tmp) / "r",
+                precomputed=PrecomputedConfig(Path(tmp) / "v.npz"),
+                index=IndexSpec(kind="flat"),
+                pipeline=PipelineConfig(progress=False),
+                neighbours_k=0,
+            )
+        )
         bundle = bundles.load_bundle(bundles.current_path(Path(tmp) / "r"))
     queries = everything[args.items :]
     rows = []
@@ -90,11 +97,17 @@ def main() -> int:
             rows.append({"coalesce": coalesce, **r})
             print(rows[-1], file=sys.stderr)
     info = machine()
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. Flat index {args.items} x {args.dim}, "
-             f"k=10, FAISS single-threaded per request thread, BLAS threshold {BLAS_THRESHOLD}.", "",
-             "| coalescing | threads | QPS | p50 ms | p99 ms |", "|---|---|---|---|---|"]
-    lines += [f"| {'on' if r['coalesce'] else 'off'} | {r['threads']} | {r['qps']} | {r['p50_ms']:.2f} | "
-              f"{r['p99_ms']:.2f} |" for r in rows]
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. Flat index {args.items} x {args.dim}, "
+        f"k=10, FAISS single-threaded per request thread, BLAS threshold {BLAS_THRESHOLD}.",
+        "",
+        "| coalescing | threads | QPS | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {'on' if r['coalesce'] else 'off'} | {r['threads']} | {r['qps']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+        for r in rows
+    ]
     md = "\n".join(lines) + "\n"
     write_results("bench_concurrency", {"machine": info, "results": rows}, md)
     print(md)

@@ -10,23 +10,23 @@ and the achieved GFLOP/s as a fraction of a float32 GEMM measured in the same ru
   python scripts/bench_embed.py                                  # efficientnet_lite0 + vgg16 (~4 min)
   python scripts/bench_embed.py --models efficientnet_lite0 --images 64
 """
+
 from __future__ import annotations
 
 import argparse
-from typing import Any
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-
-from bench_common import machine, write_results  # noqa: E402
+import numpy as np
+from bench_common import machine, write_results
 
 GEMM_SIZE = 2048
 BATCH = 32
@@ -95,10 +95,18 @@ def bench_model(name: str, weights: str, paths: list[Path], loop_images: int) ->
     out = embed_files(paths, emb.embed, decode, PipelineConfig(batch_size=BATCH, decode_workers=2, progress=False))
     assert len(out.vectors) == len(paths), out.failures
     pipeline = out.embedded / out.seconds
-    return {"model": name, "weights": weights, "gflop_per_image": round(gflop, 3), "images": len(paths),
-            "loop_img_s": round(loop, 2), "pure_img_s": round(pure, 2), "pipeline_img_s": round(pipeline, 2),
-            "pipeline_vs_pure": round(pipeline / pure, 3), "pipeline_vs_loop": round(pipeline / loop, 2),
-            "pipeline_gflops": round(pipeline * gflop, 1)}
+    return {
+        "model": name,
+        "weights": weights,
+        "gflop_per_image": round(gflop, 3),
+        "images": len(paths),
+        "loop_img_s": round(loop, 2),
+        "pure_img_s": round(pure, 2),
+        "pipeline_img_s": round(pipeline, 2),
+        "pipeline_vs_pure": round(pipeline / pure, 3),
+        "pipeline_vs_loop": round(pipeline / loop, 2),
+        "pipeline_gflops": round(pipeline * gflop, 1),
+    }
 
 
 def main() -> int:
@@ -118,21 +126,28 @@ def main() -> int:
         for name in args.models.split(","):
             n = len(paths) if name != "vgg16" else max(BATCH, len(paths) // 3)
             print(f"{name}: {n} posters ...", file=sys.stderr)
-            rows.append(bench_model(name, "imagenet" if name == "efficientnet_lite0" else "none", paths[:n],
-                                    args.loop_images))
+            rows.append(
+                bench_model(name, "imagenet" if name == "efficientnet_lite0" else "none", paths[:n], args.loop_images)
+            )
         gemm_after = gemm_gflops()
     gemm = (gemm_before + gemm_after) / 2
     for r in rows:
         r["gemm_gflops"] = round(gemm, 1)
         r["fraction_of_gemm"] = round(r["pipeline_gflops"] / gemm, 3)
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores; float32 GEMM {gemm:.0f} GFLOP/s "
-             f"(before {gemm_before:.0f}, after {gemm_after:.0f}); {info['date']}.", "",
-             "| model | GFLOP/img | per-image loop img/s | pure batched img/s | pipeline img/s | pipeline / pure "
-             "| pipeline / loop | pipeline GFLOP/s | of GEMM |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores; float32 GEMM {gemm:.0f} GFLOP/s "
+        f"(before {gemm_before:.0f}, after {gemm_after:.0f}); {info['date']}.",
+        "",
+        "| model | GFLOP/img | per-image loop img/s | pure batched img/s | pipeline img/s | pipeline / pure "
+        "| pipeline / loop | pipeline GFLOP/s | of GEMM |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} ({r['weights']}) | {r['gflop_per_image']} | {r['loop_img_s']} | {r['pure_img_s']} "
-                     f"| {r['pipeline_img_s']} | {r['pipeline_vs_pure']:.0%} | {r['pipeline_vs_loop']}x "
-                     f"| {r['pipeline_gflops']} | {r['fraction_of_gemm']:.0%} |")
+        lines.append(
+            f"| {r['model']} ({r['weights']}) | {r['gflop_per_image']} | {r['loop_img_s']} | {r['pure_img_s']} "
+            f"| {r['pipeline_img_s']} | {r['pipeline_vs_pure']:.0%} | {r['pipeline_vs_loop']}x "
+            f"| {r['pipeline_gflops']} | {r['fraction_of_gemm']:.0%} |"
+        )
     md = "\n".join(lines) + "\n"
     path = write_results("bench_embed", {"machine": info, "gemm_gflops": gemm, "results": rows}, md)
     print(md)

@@ -13,10 +13,10 @@ JSON + Markdown + PNG under benchmarks/results/.
   python scripts/bench_search.py                       # N in 5k,20k,60k x D in 512,1280 (~15 min)
   python scripts/bench_search.py --sizes 5000 --dims 512 --queries 300    # quick
 """
+
 from __future__ import annotations
 
 import argparse
-from typing import Callable
 import json
 import os
 import signal
@@ -24,14 +24,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_common import (ROOT, clustered_vectors, current_rss_mb, machine, peak_rss_mb,  # noqa: E402
-                          percentiles_ms, run_worker, time_calls, write_results)
+from bench_common import (
+    ROOT,
+    clustered_vectors,
+    current_rss_mb,
+    machine,
+    peak_rss_mb,
+    percentiles_ms,
+    run_worker,
+    time_calls,
+    write_results,
+)
 
 K = 10
 HELD_OUT = 1000
@@ -89,8 +99,14 @@ def worker_build(n: int, d: int, root: str) -> dict:
     x, _, ids = _data(n, d)
     src = Path(root) / "vectors.npz"
     np.savez(src, ids=ids, vectors=x)
-    report = build(BuildConfig(index_root=Path(root) / "index", precomputed=PrecomputedConfig(src),
-                               pipeline=PipelineConfig(progress=False), neighbours_k=100))
+    report = build(
+        BuildConfig(
+            index_root=Path(root) / "index",
+            precomputed=PrecomputedConfig(src),
+            pipeline=PipelineConfig(progress=False),
+            neighbours_k=100,
+        )
+    )
     return {"method": "build", "n": n, "d": d, "phases": {k: round(v, 3) for k, v in report.phases.items()}}
 
 
@@ -107,11 +123,18 @@ def worker_searcher(n: int, d: int, queries: int, root: str) -> dict:
     rng = np.random.default_rng(1)
     item_ids = ids[rng.integers(n, size=queries + 20)]
     opts = SearchOptions(k=K)
-    out = {"method": "searcher", "n": n, "d": d, "index": b.manifest.index.type,
-           "nprobe": b.manifest.index.nprobe, "rss_mb": round(rss, 1)}
+    out = {
+        "method": "searcher",
+        "n": n,
+        "d": d,
+        "index": b.manifest.index.type,
+        "nprobe": b.manifest.index.nprobe,
+        "rss_mb": round(rss, 1),
+    }
     out["item"] = percentiles_ms(time_calls(lambda i: s.similar_to_item(int(item_ids[i]), opts), queries))
-    out["item_via_index"] = percentiles_ms(time_calls(
-        lambda i: s.similar_to_item(int(item_ids[i]), SearchOptions(k=K, exclude_ids=(-1,))), queries))
+    out["item_via_index"] = percentiles_ms(
+        time_calls(lambda i: s.similar_to_item(int(item_ids[i]), SearchOptions(k=K, exclude_ids=(-1,))), queries)
+    )
     out["vector"] = percentiles_ms(time_calls(lambda i: s.search_vector(held[i % HELD_OUT], opts), queries))
     truth = ids[_exact_top(x, held, K)]
     found = [[h.item.item_id for h in s.search_vector(q, opts).hits] for q in held]
@@ -129,9 +152,24 @@ def worker_grpc(n: int, d: int, queries: int, root: str) -> dict:
     _, held, ids = _data(n, d)
     port_file = Path(root) / "port"
     port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--index", str(Path(root) / "index"), "--port", "0",
-                             "--port-file", str(port_file), "--no-image-search", "--poll", "3600"],
-                            cwd=ROOT, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "--index",
+            str(Path(root) / "index"),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--no-image-search",
+            "--poll",
+            "3600",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while not port_file.exists():
@@ -146,7 +184,12 @@ def worker_grpc(n: int, d: int, queries: int, root: str) -> dict:
         with PosterClient(target) as c:
             c.health()
             check = health_pb2.HealthCheckRequest(service="")
-            out = {"method": "grpc", "n": n, "d": d, "rss_mb": round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)}
+            out = {
+                "method": "grpc",
+                "n": n,
+                "d": d,
+                "rss_mb": round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1),
+            }
             # interleave the three call kinds in rounds so that machine noise hits them alike
             floor, item, vector = [], [], []
             for _ in range(3):
@@ -168,28 +211,40 @@ def _row(r: dict, key: str) -> str:
 
 
 def markdown(results: list[dict], info: dict) -> str:
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GiB; numpy {info['numpy']}, "
-             f"faiss {info['faiss']}; OPENBLAS_CORETYPE={info.get('openblas_coretype')}; {info['date']}. "
-             f"Latencies in ms (p50 / p99), k={K}, sequential.", "",
-             "| N | D | method | build s | memory MB | item query | vector query | recall@10 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GiB; numpy {info['numpy']}, "
+        f"faiss {info['faiss']}; OPENBLAS_CORETYPE={info.get('openblas_coretype')}; {info['date']}. "
+        f"Latencies in ms (p50 / p99), k={K}, sequential.",
+        "",
+        "| N | D | method | build s | memory MB | item query | vector query | recall@10 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         build = r.get("build_s", "")
         if r["method"] == "dense" and "skipped" in r:
-            lines.append(f"| {r['n']} | {r['d']} | dense | – ({r['skipped']}) | {r['matrix_gb'] * 1000:.0f} (needed) "
-                         f"| {_row(r, 'item_row_argsort_only')} (row argsort only) | {_row(r, 'vector')} | 1.0 |")
+            lines.append(
+                f"| {r['n']} | {r['d']} | dense | – ({r['skipped']}) | {r['matrix_gb'] * 1000:.0f} (needed) "
+                f"| {_row(r, 'item_row_argsort_only')} (row argsort only) | {_row(r, 'vector')} | 1.0 |"
+            )
             continue
         if r["method"] == "dense":
-            lines.append(f"| {r['n']} | {r['d']} | dense float64 | {build} | {r['rss_mb']} | {_row(r, 'item')} "
-                         f"| {_row(r, 'vector')} | 1.0 |")
+            lines.append(
+                f"| {r['n']} | {r['d']} | dense float64 | {build} | {r['rss_mb']} | {_row(r, 'item')} "
+                f"| {_row(r, 'vector')} | 1.0 |"
+            )
         elif r["method"] == "searcher":
             ph = r["phases"]
-            lines.append(f"| {r['n']} | {r['d']} | searcher ({r['index']}{', nprobe ' + str(r['nprobe']) if r['nprobe'] else ''}) "
-                         f"| index {ph['index']:.2f} + table {ph.get('neighbours', 0):.2f} | {r['rss_mb']} "
-                         f"| {_row(r, 'item')} (index path {_row(r, 'item_via_index')}) | {_row(r, 'vector')} | {r['recall']} |")
+            probe = f", nprobe {r['nprobe']}" if r["nprobe"] else ""
+            lines.append(
+                f"| {r['n']} | {r['d']} | searcher ({r['index']}{probe}) "
+                f"| index {ph['index']:.2f} + table {ph.get('neighbours', 0):.2f} | {r['rss_mb']} "
+                f"| {_row(r, 'item')} (index path {_row(r, 'item_via_index')}) | {_row(r, 'vector')} | {r['recall']} |"
+            )
         elif r["method"] == "grpc":
-            lines.append(f"| {r['n']} | {r['d']} | gRPC service | | {r['rss_mb']} (server) | {_row(r, 'item')} "
-                         f"| {_row(r, 'vector')} | |")
+            lines.append(
+                f"| {r['n']} | {r['d']} | gRPC service | | {r['rss_mb']} (server) | {_row(r, 'item')} "
+                f"| {_row(r, 'vector')} | |"
+            )
             lines.append(f"| {r['n']} | {r['d']} | gRPC floor (empty call) | | | {_row(r, 'floor')} | | |")
     return "\n".join(lines) + "\n"
 
@@ -203,21 +258,29 @@ def ratios(results: list[dict]) -> list[str]:
         dense, grpc_ = by.get(("dense", n, d)), by.get(("grpc", n, d))
         dense_item = (dense or {}).get("item") or (dense or {}).get("item_row_argsort_only")
         if dense_item:
-            out.append(f"N={n} D={d}: in-process item p50 / dense row lookup p50 = "
-                       f"{r['item']['p50_ms'] / dense_item['p50_ms']:.3f}")
+            out.append(
+                f"N={n} D={d}: in-process item p50 / dense row lookup p50 = "
+                f"{r['item']['p50_ms'] / dense_item['p50_ms']:.3f}"
+            )
         if grpc_ and dense_item:
-            out.append(f"N={n} D={d}: gRPC item p50 / dense row lookup p50 = "
-                       f"{grpc_['item']['p50_ms'] / dense_item['p50_ms']:.2f}; gRPC item p50 / floor p50 = "
-                       f"{grpc_['item']['p50_ms'] / grpc_['floor']['p50_ms']:.2f}")
+            out.append(
+                f"N={n} D={d}: gRPC item p50 / dense row lookup p50 = "
+                f"{grpc_['item']['p50_ms'] / dense_item['p50_ms']:.2f}; gRPC item p50 / floor p50 = "
+                f"{grpc_['item']['p50_ms'] / grpc_['floor']['p50_ms']:.2f}"
+            )
         if dense and "build_s" in dense:
             ph = r["phases"]
-            out.append(f"N={n} D={d}: dense build / index build = {dense['build_s'] / max(ph['index'], 1e-3):.0f}x; "
-                       f"dense build / (index + neighbour table) = "
-                       f"{dense['build_s'] / max(ph['index'] + ph.get('neighbours', 0), 1e-3):.1f}x")
+            out.append(
+                f"N={n} D={d}: dense build / index build = {dense['build_s'] / max(ph['index'], 1e-3):.0f}x; "
+                f"dense build / (index + neighbour table) = "
+                f"{dense['build_s'] / max(ph['index'] + ph.get('neighbours', 0), 1e-3):.1f}x"
+            )
         if dense:
             total_mb = r["rss_mb"]
-            out.append(f"N={n} D={d}: searcher memory {total_mb:.0f} MB = "
-                       f"{100 * total_mb / (dense['matrix_gb'] * 1000):.2f}% of the float64 dense matrix")
+            out.append(
+                f"N={n} D={d}: searcher memory {total_mb:.0f} MB = "
+                f"{100 * total_mb / (dense['matrix_gb'] * 1000):.2f}% of the float64 dense matrix"
+            )
     return out
 
 
@@ -230,11 +293,21 @@ def plot(results: list[dict], path: Path) -> None:
     dims = sorted({r["d"] for r in results})
     fig, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4), squeeze=False)
     for ax, d in zip(axes[0], dims):
-        for label, method, key in (("dense row argsort", "dense", "item"), ("searcher item", "searcher", "item"),
-                                   ("searcher vector", "searcher", "vector"), ("gRPC item", "grpc", "item"),
-                                   ("gRPC vector", "grpc", "vector"), ("gRPC floor", "grpc", "floor")):
-            pts = sorted((r["n"], stats["p50_ms"]) for r in results if r["method"] == method and r["d"] == d
-                         for stats in [r.get(key) or r.get("item_row_argsort_only")] if stats)
+        for label, method, key in (
+            ("dense row argsort", "dense", "item"),
+            ("searcher item", "searcher", "item"),
+            ("searcher vector", "searcher", "vector"),
+            ("gRPC item", "grpc", "item"),
+            ("gRPC vector", "grpc", "vector"),
+            ("gRPC floor", "grpc", "floor"),
+        ):
+            pts = sorted(
+                (r["n"], stats["p50_ms"])
+                for r in results
+                if r["method"] == method and r["d"] == d
+                for stats in [r.get(key) or r.get("item_row_argsort_only")]
+                if stats
+            )
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=label)
         ax.set(xscale="log", yscale="log", xlabel="items N", ylabel="p50 latency (ms)", title=f"D = {d}")
@@ -253,8 +326,12 @@ def main() -> int:
     args = p.parse_args()
     if args.worker:
         kind, *rest = args.worker
-        workers: dict[str, Callable[..., dict]] = {"dense": worker_dense, "build": worker_build,
-                                                   "searcher": worker_searcher, "grpc": worker_grpc}
+        workers: dict[str, Callable[..., dict]] = {
+            "dense": worker_dense,
+            "build": worker_build,
+            "searcher": worker_searcher,
+            "grpc": worker_grpc,
+        }
         fn = workers[kind]
         conv = [int(v) if v.isdigit() else v for v in rest]
         print(json.dumps(fn(*conv)))
@@ -262,8 +339,11 @@ def main() -> int:
     # numpy's bundled OpenBLAS picks its AVX-512 (SkylakeX) kernels on these machines and segfaults in the
     # float64 GEMM of the dense baseline (20k x 512 and up); its Haswell kernels work. Every method runs
     # with the same setting so the comparison stays fair; override by exporting OPENBLAS_CORETYPE.
-    env = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "Haswell")}
+    env = {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "Haswell"),
+    }
     results = []
     info = {**machine(), "openblas_coretype": env["OPENBLAS_CORETYPE"]}
     for d in map(int, args.dims.split(",")):

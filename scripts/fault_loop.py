@@ -15,6 +15,7 @@ old one. Writes JSON + Markdown under benchmarks/results/.
   python scripts/fault_loop.py                 # 25 kills + 10 file-size + 10 full-disk trials (~4 min)
   python scripts/fault_loop.py --trials 60 --write-trials 20 --seed 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-
-from bench_common import ROOT, clustered_vectors, machine, write_results  # noqa: E402
+import numpy as np
+from bench_common import ROOT, clustered_vectors, machine, write_results
 
 # kill targets: a log line that starts the phase, and the longest random delay after it
-TARGETS = (("embedding", "embedding ", 2.0), ("index", "building index", 0.5),
-           ("neighbours", "neighbour table", 1.0), ("write", "writing bundle", 0.05),
-           ("publish", "publishing build", 0.005))
+TARGETS = (
+    ("embedding", "embedding ", 2.0),
+    ("index", "building index", 0.5),
+    ("neighbours", "neighbour table", 1.0),
+    ("write", "writing bundle", 0.05),
+    ("publish", "publishing build", 0.005),
+)
 
 
 def _build_cmd(kind: str, tmp: Path, root: Path) -> list[str]:
@@ -46,8 +50,20 @@ def _build_cmd(kind: str, tmp: Path, root: Path) -> list[str]:
     if kind == "precomputed":
         return cmd + ["--embeddings", str(tmp / "vectors.npz"), "--index", "ivf", "--neighbours", "50"]
     cat = tmp / "catalog"
-    cmd += ["--movies", str(cat / "movies.csv"), "--links", str(cat / "links.csv"), "--posters", str(cat / "posters"),
-            "--pattern", "{tmdbId}.jpg", "--batch-size", "4", "--neighbours", "10"]
+    cmd += [
+        "--movies",
+        str(cat / "movies.csv"),
+        "--links",
+        str(cat / "links.csv"),
+        "--posters",
+        str(cat / "posters"),
+        "--pattern",
+        "{tmdbId}.jpg",
+        "--batch-size",
+        "4",
+        "--neighbours",
+        "10",
+    ]
     return cmd + (["--no-cache"] if kind == "catalog-no-cache" else [])
 
 
@@ -93,28 +109,53 @@ def _write_fault_trials(tmp: Path, rng: random.Random, trials: int, env: dict[st
         def set_limit(limit: int = limit) -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        first = subprocess.run(_build_cmd("precomputed", tmp, root), capture_output=True, text=True, env=env,
-                               cwd=ROOT, preexec_fn=set_limit)
+        first = subprocess.run(
+            _build_cmd("precomputed", tmp, root),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            preexec_fn=set_limit,
+        )
         problems = _published_all_load(root)
         ok = first.returncode in (0, 2) and "Traceback" not in first.stderr and not problems
-        rows.append({"kind": "file-size", "limit_bytes": limit, "exit": first.returncode, "ok": ok,
-                     "problems": problems, "message": first.stderr.strip().splitlines()[-1:]})
-        print(f"fsize {trial:2d} limit {limit:9d} B -> exit {first.returncode} {'OK' if ok else 'BROKEN'}",
-              file=sys.stderr)
+        rows.append(
+            {
+                "kind": "file-size",
+                "limit_bytes": limit,
+                "exit": first.returncode,
+                "ok": ok,
+                "problems": problems,
+                "message": first.stderr.strip().splitlines()[-1:],
+            }
+        )
+        print(
+            f"fsize {trial:2d} limit {limit:9d} B -> exit {first.returncode} {'OK' if ok else 'BROKEN'}",
+            file=sys.stderr,
+        )
     mount = tmp / "small-disk"
     mount.mkdir()
     for trial in range(trials):
         size = int(bundle_bytes * rng.uniform(0.3, 2.6))
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                          capture_output=True).returncode != 0:
+        if (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+            ).returncode
+            != 0
+        ):
             print("full-disk trials skipped: cannot mount a tmpfs (needs root)", file=sys.stderr)
             break
         try:
             root = mount / "root"
             exits = []
             for _ in range(3):  # keep building until the disk is full; every published bundle must still load
-                out = subprocess.run(_build_cmd("precomputed", tmp, root) + ["--keep", "5"], capture_output=True,
-                                     text=True, env=env, cwd=ROOT)
+                out = subprocess.run(
+                    _build_cmd("precomputed", tmp, root) + ["--keep", "5"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=ROOT,
+                )
                 exits.append(out.returncode)
                 if "Traceback" in out.stderr:
                     exits.append(-1)
@@ -149,13 +190,17 @@ def main() -> int:
     failures = 0
     for trial in range(args.trials):
         phase, marker, max_delay = TARGETS[trial % len(TARGETS)]
-        kind = "precomputed" if phase in ("index", "neighbours", "write", "publish") else (
-            "catalog-no-cache" if trial % 2 else "catalog")
+        kind = (
+            "precomputed"
+            if phase in ("index", "neighbours", "write", "publish")
+            else ("catalog-no-cache" if trial % 2 else "catalog")
+        )
         before = _check(root)
         delay = rng.uniform(0.0, max_delay)
         log_lines: list[str] = []
-        proc = subprocess.Popen(_build_cmd(kind, tmp, root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=env, cwd=ROOT, text=True)
+        proc = subprocess.Popen(
+            _build_cmd(kind, tmp, root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True
+        )
         assert proc.stdout is not None
         killed = False
         for line in proc.stdout:  # the build's own log says when the target phase starts
@@ -173,10 +218,23 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
             ok, after = False, f"{type(exc).__name__}: {exc}"
         failures += not ok
-        rows.append({"trial": trial, "kind": kind, "target": phase, "delay_s": round(delay, 4), "killed": killed,
-                     "current_before": before, "current_after": after, "ok": ok})
-        print(f"trial {trial:2d} {kind:17s} kill {delay:6.3f}s into {phase:10s} -> "
-              f"{'OK' if ok else 'BROKEN'} ({'unchanged' if after == before else 'new bundle'})", file=sys.stderr)
+        rows.append(
+            {
+                "trial": trial,
+                "kind": kind,
+                "target": phase,
+                "delay_s": round(delay, 4),
+                "killed": killed,
+                "current_before": before,
+                "current_after": after,
+                "ok": ok,
+            }
+        )
+        print(
+            f"trial {trial:2d} {kind:17s} kill {delay:6.3f}s into {phase:10s} -> "
+            f"{'OK' if ok else 'BROKEN'} ({'unchanged' if after == before else 'new bundle'})",
+            file=sys.stderr,
+        )
     write_rows = _write_fault_trials(tmp, rng, args.write_trials, env)
     write_broken = sum(not r["ok"] for r in write_rows)
     # a running server refuses a corrupt new bundle and keeps its old one
@@ -193,15 +251,26 @@ def main() -> int:
     refused = not manager.reload() and manager.require().version == serving and "index.faiss" in manager.last_error
     by_kind = collections.Counter(r["kind"] for r in write_rows)
     info = machine()
-    md = (f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. {args.trials} trials, "
-          f"{sum(bool(r['killed']) for r in rows)} killed; kill phases: {dict(phases)}; broken CURRENT: {failures}; "
-          f"corrupt new bundle refused by a running server: {refused} ({manager.last_error}).\n"
-          f"Write faults: {dict(by_kind)} trials; broken (a published bundle that fails to load, a traceback, "
-          f"or an exit code other than 0/2): {write_broken}.\n")
+    md = (
+        f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. {args.trials} trials, "
+        f"{sum(bool(r['killed']) for r in rows)} killed; kill phases: {dict(phases)}; broken CURRENT: {failures}; "
+        f"corrupt new bundle refused by a running server: {refused} ({manager.last_error}).\n"
+        f"Write faults: {dict(by_kind)} trials; broken (a published bundle that fails to load, a traceback, "
+        f"or an exit code other than 0/2): {write_broken}.\n"
+    )
     ok = failures == 0 and refused and write_broken == 0
-    write_results("fault_loop", {"machine": info, "ok": ok, "trials": rows, "write_trials": write_rows,
-                                 "phases": dict(phases),
-                                 "corrupt_refused": refused}, md + ("\nPASS\n" if ok else "\nFAIL\n"))
+    write_results(
+        "fault_loop",
+        {
+            "machine": info,
+            "ok": ok,
+            "trials": rows,
+            "write_trials": write_rows,
+            "phases": dict(phases),
+            "corrupt_refused": refused,
+        },
+        md + ("\nPASS\n" if ok else "\nFAIL\n"),
+    )
     print(md + ("PASS" if ok else "FAIL"))
     return 0 if ok else 1
 

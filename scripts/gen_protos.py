@@ -9,6 +9,7 @@ Usage:
     python scripts/gen_protos.py          # regenerate server/_proto/
     python scripts/gen_protos.py --check  # exit 1 if server/_proto/ is stale
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         files = _generate_into(Path(tmp))
     if args.check:
         stale = [
-            name for name, text in files.items()
+            name
+            for name, text in files.items()
             if not (OUT_DIR / name).exists() or (OUT_DIR / name).read_text() != text
         ]
         extra = sorted({p.name for p in OUT_DIR.glob("*.py*")} - set(files))

@@ -8,6 +8,7 @@ Reports p50/p99 per RPC, QPS and server RSS; writes JSON + Markdown under benchm
   python scripts/load_test.py                          # 8 clients x 12,500 requests = 100k (~2 min)
   python scripts/load_test.py --clients 4 --requests 2000 --items 5000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
+from bench_common import ROOT, clustered_vectors, machine, percentiles_ms, write_results
 
-from bench_common import ROOT, clustered_vectors, machine, percentiles_ms, write_results  # noqa: E402
-
-MIX = (("SimilarToItem", 0.45), ("SearchByVector", 0.25), ("SimilarToItems", 0.1), ("FindItems", 0.05),
-       ("BatchSearch", 0.05), ("GetItems", 0.05), ("GetIndexInfo", 0.05))
+MIX = (
+    ("SimilarToItem", 0.45),
+    ("SearchByVector", 0.25),
+    ("SimilarToItems", 0.1),
+    ("FindItems", 0.05),
+    ("BatchSearch", 0.05),
+    ("GetItems", 0.05),
+    ("GetIndexInfo", 0.05),
+)
 RSS_GROWTH_LIMIT = 0.15  # after warm-up, RSS may grow at most 15 % (plus 32 MB) over the run
 
 
@@ -40,13 +47,20 @@ def publish(root: Path, n: int, d: int, seed: int, tmp: Path) -> str:
     np.savez(tmp / f"v{seed}.npz", ids=np.arange(1, n + 1), vectors=x)
     titles = tmp / "movies.csv"
     if not titles.exists():
-        titles.write_text("movieId,title,genres\n" + "".join(f"{i},Movie {i} ({1950 + i % 70}),Drama\n"
-                                                             for i in range(1, n + 1)))
+        titles.write_text(
+            "movieId,title,genres\n" + "".join(f"{i},Movie {i} ({1950 + i % 70}),Drama\n" for i in range(1, n + 1))
+        )
     from indexer.catalog import CatalogConfig
 
-    return build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp / f"v{seed}.npz"),
-                             catalog=CatalogConfig(tmp, titles), pipeline=PipelineConfig(progress=False),
-                             neighbours_k=50)).build_id
+    return build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(tmp / f"v{seed}.npz"),
+            catalog=CatalogConfig(tmp, titles),
+            pipeline=PipelineConfig(progress=False),
+            neighbours_k=50,
+        )
+    ).build_id
 
 
 def main() -> int:
@@ -69,9 +83,22 @@ def main() -> int:
     print(f"building bundle: {args.items} x {args.dim} ...", file=sys.stderr)
     first = publish(root, args.items, args.dim, 1, tmp)
     port_file = tmp / "port"
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "--index", str(root), "--port", "0",
-                               "--port-file", str(port_file), "--no-image-search", "--poll", "3600"],
-                              cwd=ROOT, stderr=open(tmp / "server.log", "w"))
+    server_cmd = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "--index",
+        str(root),
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--no-image-search",
+        "--poll",
+        "3600",
+    ]
+    server_log = (tmp / "server.log").open("w")  # closed after the server exits (end of main)
+    server = subprocess.Popen(server_cmd, cwd=ROOT, stderr=server_log)
     deadline = time.monotonic() + 300
     while not port_file.exists():
         if server.poll() is not None or time.monotonic() > deadline:
@@ -112,9 +139,13 @@ def main() -> int:
                         c.find(f"movie {item}", limit=5)
                         r = None
                     elif name == "BatchSearch":
-                        res = c.batch([ItemQuery(item, SearchOptions(k=5))] * 8 +
-                                      [VectorQuery(queries[(i + j) % len(queries)].tolist(), SearchOptions(k=5))
-                                       for j in range(8)])
+                        res = c.batch(
+                            [ItemQuery(item, SearchOptions(k=5))] * 8
+                            + [
+                                VectorQuery(queries[(i + j) % len(queries)].tolist(), SearchOptions(k=5))
+                                for j in range(8)
+                            ]
+                        )
                         r = res[0]
                     elif name == "GetItems":
                         c.items([item])
@@ -153,25 +184,41 @@ def main() -> int:
     rss["end"] = proc.memory_info().rss / 2**20
     server.send_signal(signal.SIGTERM)
     exit_code = server.wait(timeout=60)
+    server_log.close()
     warm = rss.get("warm", rss["start"])
     growth_ok = rss["end"] <= warm * (1 + RSS_GROWTH_LIMIT) + 32
     ok = not failures and second in versions and first in versions and growth_ok and exit_code == 0
     info = machine()
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. {args.clients} clients, "
-             f"{done[0]} requests in {wall:.1f}s = {done[0] / wall:.0f} QPS; bundle {args.items} x {args.dim}; "
-             f"hot reload at 50%: {'observed' if second in versions else 'NOT observed'}; failed requests: "
-             f"{len(failures)}; server RSS MB start {rss['start']:.0f}, warm {warm:.0f}, "
-             f"at reload {rss.get('at_reload', 0):.0f}, end {rss['end']:.0f} "
-             f"({'bounded' if growth_ok else 'GREW'}); server exit code {exit_code}.", "",
-             "| RPC | requests | p50 ms | p99 ms |", "|---|---|---|---|"]
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. {args.clients} clients, "
+        f"{done[0]} requests in {wall:.1f}s = {done[0] / wall:.0f} QPS; bundle {args.items} x {args.dim}; "
+        f"hot reload at 50%: {'observed' if second in versions else 'NOT observed'}; failed requests: "
+        f"{len(failures)}; server RSS MB start {rss['start']:.0f}, warm {warm:.0f}, "
+        f"at reload {rss.get('at_reload', 0):.0f}, end {rss['end']:.0f} "
+        f"({'bounded' if growth_ok else 'GREW'}); server exit code {exit_code}.",
+        "",
+        "| RPC | requests | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
     for name, samples in latencies.items():
         if samples:
             pc = percentiles_ms(samples)
             lines.append(f"| {name} | {len(samples)} | {pc['p50_ms']:.3f} | {pc['p99_ms']:.3f} |")
     md = "\n".join(lines) + "\n" + ("\nPASS\n" if ok else "\nFAIL\n")
-    write_results("load_test", {"machine": info, "ok": ok, "requests": done[0], "seconds": wall, "rss_mb": rss,
-                                "failures": failures[:50], "versions": sorted(versions),
-                                "latency": {k: percentiles_ms(v) for k, v in latencies.items() if v}}, md)
+    write_results(
+        "load_test",
+        {
+            "machine": info,
+            "ok": ok,
+            "requests": done[0],
+            "seconds": wall,
+            "rss_mb": rss,
+            "failures": failures[:50],
+            "versions": sorted(versions),
+            "latency": {k: percentiles_ms(v) for k, v in latencies.items() if v},
+        },
+        md,
+    )
     print(md)
     if failures:
         print("first failures:", *failures[:5], sep="\n  ")

@@ -1,4 +1,5 @@
 """gRPC poster similarity service: searcher core, servicer, hot reload, client."""
+
 import os as _os
 
 # Read by OpenMP when FAISS is first imported: must be set before anything imports faiss

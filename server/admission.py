@@ -8,13 +8,14 @@ expensive part of ``SearchByImage`` and of image queries inside ``BatchSearch``,
 ``EmbeddingGate`` whose permits bound the CPU and memory they use; waiting for a permit stops when
 the caller cancels or its deadline passes.
 """
+
 from __future__ import annotations
 
 import contextlib
 import enum
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from server.errors import ResourceExhausted
 from server.guard import CallGuard
@@ -73,7 +74,8 @@ class Admission:
                 self.rejected[cls] += 1
                 raise ResourceExhausted(
                     f"server busy: {self._in_flight[cls]} of {self._capacity[cls]} {cls.value} slots in use "
-                    f"(expected a free slot for {method}); retry with backoff")
+                    f"(expected a free slot for {method}); retry with backoff"
+                )
             self._in_flight[cls] += 1
         try:
             yield

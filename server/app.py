@@ -1,4 +1,5 @@
 """Assemble a gRPC server: servicer, interceptor, health, reflection, TLS."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -43,13 +44,16 @@ def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]  # checked by server.tls before we get here
     if tls.client_ca is None:
         return grpc.ssl_server_credentials(pair)
-    return grpc.ssl_server_credentials(pair, root_certificates=tls.client_ca.read_bytes(),
-                                       require_client_auth=True)
+    return grpc.ssl_server_credentials(pair, root_certificates=tls.client_ca.read_bytes(), require_client_auth=True)
 
 
-def create_server(manager: BundleManager, config: ServerConfig, metrics: Metrics | None = None,
-                  health_servicer: health.HealthServicer | None = None, admission: Admission | None = None
-                  ) -> tuple[grpc.Server, int]:
+def create_server(
+    manager: BundleManager,
+    config: ServerConfig,
+    metrics: Metrics | None = None,
+    health_servicer: health.HealthServicer | None = None,
+    admission: Admission | None = None,
+) -> tuple[grpc.Server, int]:
     """Build (not start) the server and bind it; returns (server, bound port).
 
     Applies the process-wide serving settings (``server.runtime``). Health is NOT_SERVING until
@@ -62,8 +66,11 @@ def create_server(manager: BundleManager, config: ServerConfig, metrics: Metrics
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.admission.threads, thread_name_prefix="rpc"),
         interceptors=[ServiceInterceptor(SERVICE_NAME, config.token, metrics, config.access_log, admission)],
-        options=[("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message),
-                 ("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.so_reuseport", 0),
+        ],
     )
     add_servicer(PosterSimilarityServicer(manager), server)
     health_servicer = health_servicer or health.HealthServicer(experimental_non_blocking=True)
@@ -83,7 +90,8 @@ def create_server(manager: BundleManager, config: ServerConfig, metrics: Metrics
     if metrics is not None:
         metrics.watch(manager, admission)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
     address = f"{config.host}:{config.port}"
     if config.tls is not None:
         port = server.add_secure_port(address, _credentials(config.tls))

@@ -6,6 +6,7 @@ one keeps serving. Calls are admitted per cost class (queries, batches, image se
 class answers RESOURCE_EXHAUSTED at once. SIGTERM/SIGINT: health NOT_SERVING, in-flight work is
 stopped at its next check, and the process exits within --grace seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 EXIT_USAGE = 2
 
 
-def _positive(kind: type) -> "argparse._ActionType":
+def _positive(kind: type) -> argparse._ActionType:
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
@@ -48,56 +49,83 @@ def _read_token(args: argparse.Namespace) -> str | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise StartupError(f"cannot read --token-file {args.token_file}: {exc}") from exc
         if not token:
-            raise StartupError(f"--token-file {args.token_file} is empty: refusing to start without auth "
-                               f"when a token was asked for")
+            raise StartupError(
+                f"--token-file {args.token_file} is empty: refusing to start without auth when a token was asked for"
+            )
         return token
     if TOKEN_ENV in os.environ:
         token = os.environ[TOKEN_ENV].strip()
         if not token:
-            raise StartupError(f"${TOKEN_ENV} is set but empty: refusing to start without auth "
-                               f"when a token was asked for (unset it to run without a token)")
+            raise StartupError(
+                f"${TOKEN_ENV} is set but empty: refusing to start without auth "
+                f"when a token was asked for (unset it to run without a token)"
+            )
         return token
     return None
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posters-serve", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="posters-serve", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--index", type=Path, required=True, help="index root written by posters-index build")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (use 0.0.0.0 only behind TLS/auth)")
     p.add_argument("--port", type=int, default=50051, help="port (0: any free port)")
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
-    p.add_argument("--workers", type=_positive(int), default=8,
-                   help="concurrent queries (item, items, vector, lookups); more are refused with "
-                        "RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=8,
+        help="concurrent queries (item, items, vector, lookups); more are refused with RESOURCE_EXHAUSTED",
+    )
     p.add_argument("--batch-slots", type=_positive(int), default=2, help="concurrent BatchSearch calls")
     p.add_argument("--image-slots", type=_positive(int), default=2, help="concurrent SearchByImage calls")
-    p.add_argument("--embedding-permits", type=_positive(int), default=2,
-                   help="concurrent image decode+embed operations (SearchByImage and images in batches)")
+    p.add_argument(
+        "--embedding-permits",
+        type=_positive(int),
+        default=2,
+        help="concurrent image decode+embed operations (SearchByImage and images in batches)",
+    )
     p.add_argument("--search-threads", type=_positive(int), default=1, help="FAISS threads per request")
-    p.add_argument("--coalesce", action="store_true",
-                   help="batch concurrent single queries on flat indexes into one FAISS call (measure first: "
-                        "scripts/bench_concurrency.py; it did not pay off on 2 cores)")
+    p.add_argument(
+        "--coalesce",
+        action="store_true",
+        help="batch concurrent single queries on flat indexes into one FAISS call (measure first: "
+        "scripts/bench_concurrency.py; it did not pay off on 2 cores)",
+    )
     p.add_argument("--poll", type=_positive(float), default=5.0, help="seconds between checks of ROOT/CURRENT")
-    p.add_argument("--require-same-model", action="store_true",
-                   help="refuse to reload a bundle whose model or dimension differs from the serving one")
+    p.add_argument(
+        "--require-same-model",
+        action="store_true",
+        help="refuse to reload a bundle whose model or dimension differs from the serving one",
+    )
     p.add_argument("--no-image-search", action="store_true", help="do not load the CNN (SearchByImage disabled)")
     p.add_argument("--max-k", type=_positive(int), default=1000, help="largest k a client may ask for")
     p.add_argument("--max-batch", type=_positive(int), default=256, help="most queries in one BatchSearch")
     p.add_argument("--max-image-bytes", type=_positive(int), default=10 * 1024 * 1024, help="largest uploaded image")
-    p.add_argument("--max-image-pixels", type=_positive(int), default=40_000_000,
-                   help="largest uploaded image in pixels (decoded size is capped at 4 bytes per pixel)")
+    p.add_argument(
+        "--max-image-pixels",
+        type=_positive(int),
+        default=40_000_000,
+        help="largest uploaded image in pixels (decoded size is capped at 4 bytes per pixel)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates signed by it (mTLS)")
-    p.add_argument("--token-file", type=Path,
-                   help=f"require 'authorization: Bearer <token>' with the token in this file "
-                        f"(or set ${TOKEN_ENV})")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"require 'authorization: Bearer <token>' with the token in this file (or set ${TOKEN_ENV})",
+    )
     p.add_argument("--metrics-port", type=int, help="expose Prometheus metrics on 127.0.0.1:PORT/metrics")
     p.add_argument("--access-log", action="store_true", help="log every request (method, status, latency, id)")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
-    p.add_argument("--grace", type=_positive(float), default=5.0,
-                   help="seconds in-flight requests get on shutdown; their work is stopped, the process exits")
+    p.add_argument(
+        "--grace",
+        type=_positive(float),
+        default=5.0,
+        help="seconds in-flight requests get on shutdown; their work is stopped, the process exits",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -140,21 +168,36 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
             raise StartupError(str(exc)) from exc
         tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
     token = _read_token(args)
-    limits = SearchLimits(max_k=args.max_k, max_batch=args.max_batch, max_image_bytes=args.max_image_bytes,
-                          max_image_pixels=args.max_image_pixels)
-    admission = AdmissionLimits(query=args.workers, batch=args.batch_slots, image=args.image_slots,
-                                embedding_permits=args.embedding_permits)
-    manager = BundleManager(args.index, limits, image_search=not args.no_image_search,
-                            threads=args.search_threads, poll_interval=args.poll, coalesce=args.coalesce,
-                            require_same_model=args.require_same_model,
-                            embedding_gate=EmbeddingGate(admission.embedding_permits))
+    limits = SearchLimits(
+        max_k=args.max_k,
+        max_batch=args.max_batch,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+    )
+    admission = AdmissionLimits(
+        query=args.workers, batch=args.batch_slots, image=args.image_slots, embedding_permits=args.embedding_permits
+    )
+    manager = BundleManager(
+        args.index,
+        limits,
+        image_search=not args.no_image_search,
+        threads=args.search_threads,
+        poll_interval=args.poll,
+        coalesce=args.coalesce,
+        require_same_model=args.require_same_model,
+        embedding_gate=EmbeddingGate(admission.embedding_permits),
+    )
     if not manager.reload():
-        log.warning("no bundle loaded from %s yet (%s); health is NOT_SERVING until one loads",
-                    args.index, manager.last_error or "no CURRENT")
+        log.warning(
+            "no bundle loaded from %s yet (%s); health is NOT_SERVING until one loads",
+            args.index,
+            manager.last_error or "no CURRENT",
+        )
     metrics = Metrics()
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    config = ServerConfig(host=args.host, port=args.port, admission=admission, tls=tls, token=token,
-                          access_log=args.access_log)
+    config = ServerConfig(
+        host=args.host, port=args.port, admission=admission, tls=tls, token=token, access_log=args.access_log
+    )
     try:
         server, port = create_server(manager, config, metrics, health_servicer)
     except (OSError, RuntimeError) as exc:
@@ -162,16 +205,16 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
     if args.metrics_port is not None:
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics.serve_http(args.metrics_port))
     if args.host not in LOOPBACK_HOSTS and not (tls or token):
-        log.warning("listening on %s without TLS or a token: anyone who can reach this address can query",
-                    args.host)
+        log.warning("listening on %s without TLS or a token: anyone who can reach this address can query", args.host)
     server.start()
     manager.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: manager.request_reload())
-    log.info("listening on %s:%d (%s%s)", args.host, port, "TLS" if tls else "plaintext",
-             ", token auth" if token else "")
+    log.info(
+        "listening on %s:%d (%s%s)", args.host, port, "TLS" if tls else "plaintext", ", token auth" if token else ""
+    )
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(f"{port}\n")

@@ -7,6 +7,7 @@ that finds a free slot (one per core by default) runs whatever is queued at that
 moment (at least its own query) while later arrivals queue for the next round.
 An idle server adds only a lock round trip.
 """
+
 from __future__ import annotations
 
 import os

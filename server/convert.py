@@ -1,14 +1,24 @@
 """Server-side conversion between protobuf messages and the domain types: requests in, responses out.
 With the servicer registration (``server.service``) and the client (``server.client``), the only
 code that touches generated protobuf classes."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from server._proto import posters_pb2 as pb
 from server.errors import InvalidArgument
-from server.types import (ImageQuery, IndexSummary, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult,
-                          VectorQuery)
+from server.types import (
+    ImageQuery,
+    IndexSummary,
+    Item,
+    ItemQuery,
+    ItemsQuery,
+    Query,
+    SearchOptions,
+    SearchResult,
+    VectorQuery,
+)
 
 if TYPE_CHECKING:
     from indexer.bundle import Manifest
@@ -64,16 +74,29 @@ def query_from_proto(q: pb.Query, position: int) -> Query:
 
 # ---- responses: domain -> proto (server side) -----------------------------
 def item_to_proto(item: Item) -> pb.Item:
-    return pb.Item(item_id=item.item_id, title=item.title, genres=item.genres, poster=item.poster,
-                   imdb_id=item.imdb_id, tmdb_id=item.tmdb_id)
+    return pb.Item(
+        item_id=item.item_id,
+        title=item.title,
+        genres=item.genres,
+        poster=item.poster,
+        imdb_id=item.imdb_id,
+        tmdb_id=item.tmdb_id,
+    )
 
 
 def result_to_proto(result: SearchResult) -> pb.SearchResponse:
     response = pb.SearchResponse(bundle_version=result.bundle_version, exact=result.exact)
     add = response.neighbors.add
     for item, score in result.hits:
-        add(item_id=item.item_id, score=score, title=item.title, genres=item.genres, poster=item.poster,
-            imdb_id=item.imdb_id, tmdb_id=item.tmdb_id)
+        add(
+            item_id=item.item_id,
+            score=score,
+            title=item.title,
+            genres=item.genres,
+            poster=item.poster,
+            imdb_id=item.imdb_id,
+            tmdb_id=item.tmdb_id,
+        )
     return response
 
 

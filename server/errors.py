@@ -1,5 +1,6 @@
 """Typed domain errors of the search core. Mapped to gRPC status codes in one place
 (``server.interceptors.STATUS_BY_ERROR``); the core itself knows nothing of gRPC."""
+
 from __future__ import annotations
 
 

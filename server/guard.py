@@ -4,11 +4,12 @@ The servicer builds one from the gRPC context (``is_active``, ``time_remaining``
 only calls ``check()`` and knows nothing of gRPC. A server that is shutting down stops its work the
 same way, so ``--grace`` bounds shutdown.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from server.errors import Cancelled, DeadlineExceeded, Unavailable
 

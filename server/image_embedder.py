@@ -1,4 +1,5 @@
 """Query-by-image: embed uploaded bytes exactly as the bundle's posters were embedded."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,13 @@ class BundleImageEmbedder:
     def __init__(self, embedder: Embedder, max_pixels: int, max_bytes: int, gate: EmbeddingGate) -> None:
         self.embedder = embedder
         self.gate = gate
-        self.decode = DecodeConfig(size=embedder.input_size, resize=embedder.spec.resize, max_pixels=max_pixels,
-                                   max_bytes=max_bytes, max_decoded_bytes=max_pixels * WIDE_PIXEL_BYTES)
+        self.decode = DecodeConfig(
+            size=embedder.input_size,
+            resize=embedder.spec.resize,
+            max_pixels=max_pixels,
+            max_bytes=max_bytes,
+            max_decoded_bytes=max_pixels * WIDE_PIXEL_BYTES,
+        )
 
     def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
         """Decode and embed under one permit of the shared gate (bounded CPU and memory)."""
@@ -44,8 +50,9 @@ class EmbedderPool:
     def __init__(self) -> None:
         self._by_fingerprint: dict[str, Embedder] = {}
 
-    def for_manifest(self, manifest: Manifest, max_pixels: int, max_bytes: int, gate: EmbeddingGate
-                     ) -> tuple[BundleImageEmbedder | None, str]:
+    def for_manifest(
+        self, manifest: Manifest, max_pixels: int, max_bytes: int, gate: EmbeddingGate
+    ) -> tuple[BundleImageEmbedder | None, str]:
         """(embedder, "") or (None, reason image search is unavailable)."""
         described = manifest.embedder
         if described is None:
@@ -58,7 +65,9 @@ class EmbedderPool:
             except (IndexerError, OSError, ValueError, TypeError) as exc:
                 return None, f"cannot build the bundle's embedder {described.model}: {exc}"
             if embedder.fingerprint != fingerprint:
-                return None, (f"embedder fingerprint mismatch: bundle expects {fingerprint[:12]}, "
-                              f"this server builds {embedder.fingerprint[:12]} (model, weights or library changed)")
+                return None, (
+                    f"embedder fingerprint mismatch: bundle expects {fingerprint[:12]}, "
+                    f"this server builds {embedder.fingerprint[:12]} (model, weights or library changed)"
+                )
             self._by_fingerprint = {fingerprint: embedder}  # keep only the latest model in memory
         return BundleImageEmbedder(embedder, max_pixels, max_bytes, gate), ""

@@ -1,5 +1,6 @@
 """One interceptor for the service's methods: request ids, bearer-token auth, admission
 control, domain error -> status mapping (the one place it happens), metrics, access log."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,13 +8,23 @@ import hmac
 import logging
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
 from server.admission import Admission
-from server.errors import (Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
-                           ResourceExhausted, SearchError, Unauthenticated, Unavailable)
+from server.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SearchError,
+    Unauthenticated,
+    Unavailable,
+)
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,8 +59,14 @@ def status_for(exc: SearchError) -> grpc.StatusCode:
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Wraps the unary methods under ``/<service>/``; other services (health, reflection) pass through."""
 
-    def __init__(self, service_name: str, token: str | None = None, metrics: Metrics | None = None,
-                 access_log: bool = False, admission: Admission | None = None) -> None:
+    def __init__(
+        self,
+        service_name: str,
+        token: str | None = None,
+        metrics: Metrics | None = None,
+        access_log: bool = False,
+        admission: Admission | None = None,
+    ) -> None:
         if token is not None and not token.strip():
             raise ValueError("token expected a non-empty string (an empty token would turn auth off)")
         self._prefix = f"/{service_name}/"
@@ -68,8 +85,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         given = values[0] if values and isinstance(values[0], str) else ""
         scheme, _, credentials = given.strip().partition(" ")
         if scheme.lower() != AUTH_SCHEME:
-            raise Unauthenticated("authorization metadata expected 'Bearer <token>'; got "
-                                  + ("none" if not given else f"scheme {scheme[:20]!r}"))
+            raise Unauthenticated(
+                "authorization metadata expected 'Bearer <token>'; got "
+                + ("none" if not given else f"scheme {scheme[:20]!r}")
+            )
         if not hmac.compare_digest(credentials.strip().encode(), self._token):
             raise Unauthenticated("authorization metadata expected the server's bearer token; got a different token")
 
@@ -80,7 +99,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None or not details.method.startswith(self._prefix):
             return handler
-        wrapped = self._wrap(details.method[len(self._prefix):], handler)
+        wrapped = self._wrap(details.method[len(self._prefix) :], handler)
         self._wrapped[details.method] = wrapped
         return wrapped
 
@@ -90,8 +109,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             metadata = tuple(context.invocation_metadata() or ())
-            request_id = next((v for k, v in metadata if k == REQUEST_ID_KEY and isinstance(v, str)),
-                              "")[:MAX_REQUEST_ID_CHARS]
+            request_id = next((v for k, v in metadata if k == REQUEST_ID_KEY and isinstance(v, str)), "")[
+                :MAX_REQUEST_ID_CHARS
+            ]
             if request_id:  # echo the client's id; otherwise one is made only when something is logged
                 context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             code = grpc.StatusCode.OK
@@ -105,7 +125,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     request_id = request_id or _new_request_id()
                     log.warning("%s unavailable: %s", method, exc, extra={"request_id": request_id})
                 context.abort(code, str(exc))
-            except Exception:  # noqa: BLE001 - never a traceback to the client; logged here with the request id
+            except Exception:
                 code = grpc.StatusCode.INTERNAL
                 request_id = request_id or _new_request_id()
                 log.exception("%s failed", method, extra={"request_id": request_id})
@@ -116,9 +136,21 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     self._metrics.observe(method, code.name, elapsed)
                 if self._access_log:
                     request_id = request_id or _new_request_id()
-                    log.info("%s %s %.2fms", method, code.name, elapsed * 1000,
-                             extra={"request_id": request_id, "method": method, "code": code.name,
-                                    "ms": round(elapsed * 1000, 3)})
+                    log.info(
+                        "%s %s %.2fms",
+                        method,
+                        code.name,
+                        elapsed * 1000,
+                        extra={
+                            "request_id": request_id,
+                            "method": method,
+                            "code": code.name,
+                            "ms": round(elapsed * 1000, 3),
+                        },
+                    )
 
-        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -4,10 +4,11 @@ Rows are positions in ``items.csv`` order; every other part of the search core s
 (FAISS ids are item ids) and asks the store for rows and metadata. Validation of ids (domain,
 presence) happens here, once.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,8 +54,14 @@ class ItemStore:
         return len(self.ids)
 
     def item(self, row: int) -> Item:
-        return Item(int(self.ids[row]), self.titles[row], self.genres[row], self.posters[row],
-                    int(self.imdb_ids[row]), int(self.tmdb_ids[row]))
+        return Item(
+            int(self.ids[row]),
+            self.titles[row],
+            self.genres[row],
+            self.posters[row],
+            int(self.imdb_ids[row]),
+            int(self.tmdb_ids[row]),
+        )
 
     def has(self, item_id: int) -> bool:
         return item_id in self._row

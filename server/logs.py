@@ -1,4 +1,5 @@
 """Log formatting for the entry points: text or one JSON object per line."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ class JsonFormatter(logging.Formatter):
 def configure(level: int = logging.INFO, json_lines: bool = False) -> None:
     """Configure the root logger; call only from entry points."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

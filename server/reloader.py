@@ -11,22 +11,21 @@ its checks, a listener that raises) is logged, counted and retried with exponent
 while the last good bundle keeps serving. ``status()`` says what is wanted, what serves, and
 why they differ.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
 
 from indexer import bundle as bundles
 from server.admission import EmbeddingGate
 from server.errors import Unavailable
 from server.image_embedder import EmbedderPool
-from server.searcher import SearchLimits, Searcher
+from server.searcher import Searcher, SearchLimits
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +58,17 @@ class _Identity:
 
 
 class BundleManager:
-    def __init__(self, root: Path, limits: SearchLimits | None = None, image_search: bool = True,
-                 threads: int = 1, poll_interval: float = 5.0, coalesce: bool = False,
-                 require_same_model: bool = False, embedding_gate: EmbeddingGate | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        limits: SearchLimits | None = None,
+        image_search: bool = True,
+        threads: int = 1,
+        poll_interval: float = 5.0,
+        coalesce: bool = False,
+        require_same_model: bool = False,
+        embedding_gate: EmbeddingGate | None = None,
+    ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll interval expected > 0 seconds, got {poll_interval}")
         self.root = root
@@ -99,8 +106,10 @@ class BundleManager:
     def require(self) -> Searcher:
         searcher = self._searcher
         if searcher is None:
-            raise Unavailable(f"no index bundle is loaded yet from {self.root}"
-                              + (f" (last error: {self._last_error})" if self._last_error else ""))
+            raise Unavailable(
+                f"no index bundle is loaded yet from {self.root}"
+                + (f" (last error: {self._last_error})" if self._last_error else "")
+            )
         return searcher
 
     def status(self) -> ReloadStatus:
@@ -114,16 +123,19 @@ class BundleManager:
         bundle = bundles.load_bundle(self.root / bundles.BUILDS / build_id, verify=True)
         old = self._searcher
         if old is not None and (bundle.manifest.model, bundle.manifest.dim) != (old.manifest.model, old.dim):
-            change = (f"bundle {build_id} changes the model from {old.manifest.model} (dim {old.dim}) to "
-                      f"{bundle.manifest.model} (dim {bundle.manifest.dim}): vector queries of the old "
-                      f"dimension will be refused")
+            change = (
+                f"bundle {build_id} changes the model from {old.manifest.model} (dim {old.dim}) to "
+                f"{bundle.manifest.model} (dim {bundle.manifest.dim}): vector queries of the old "
+                f"dimension will be refused"
+            )
             if self.require_same_model:
                 raise bundles.BundleError(f"{change}; refused (--require-same-model)")
             log.warning("MODEL CHANGE: %s", change)
         embedder, reason = (None, "image search disabled on this server")
         if self.image_search:
-            embedder, reason = self._embedders.for_manifest(bundle.manifest, self.limits.max_image_pixels,
-                                                            self.limits.max_image_bytes, self.embedding_gate)
+            embedder, reason = self._embedders.for_manifest(
+                bundle.manifest, self.limits.max_image_pixels, self.limits.max_image_bytes, self.embedding_gate
+            )
             if reason:
                 log.warning("bundle %s: image search unavailable: %s", build_id, reason)
         searcher = Searcher(bundle, self.limits, embedder, reason, threads=self.threads, coalesce=self.coalesce)
@@ -152,7 +164,7 @@ class BundleManager:
         for listener in self._listeners:
             try:
                 listener(searcher)
-            except Exception:  # noqa: BLE001 - a listener (health, metrics) must not undo a good reload
+            except Exception:
                 log.exception("bundle listener %r failed for %s", listener, searcher.version)
         return True
 
@@ -175,8 +187,14 @@ class BundleManager:
         self._searcher = searcher
         self._serving = desired
         self._clear_failure()
-        log.info("serving bundle %s (%d items, dim %d, %s) [previous: %s]", searcher.version,
-                 searcher.item_count, searcher.dim, searcher.index_type, previous.version if previous else None)
+        log.info(
+            "serving bundle %s (%d items, dim %d, %s) [previous: %s]",
+            searcher.version,
+            searcher.item_count,
+            searcher.dim,
+            searcher.index_type,
+            previous.version if previous else None,
+        )
         return searcher
 
     def _clear_failure(self) -> None:
@@ -193,11 +211,17 @@ class BundleManager:
         serving = self._searcher.version if self._searcher else "nothing"
         attempts = self._consecutive_failures
         if error != self._last_error:
-            log.error("cannot load the bundle CURRENT names: %s; still serving %s (retry in %.0fs)",
-                      error, serving, backoff)
+            log.error(
+                "cannot load the bundle CURRENT names: %s; still serving %s (retry in %.0fs)", error, serving, backoff
+            )
         elif attempts & (attempts - 1) == 0:  # repeats logged at 2, 4, 8, ... attempts, not every poll
-            log.warning("bundle still failing after %d attempts: %s; still serving %s (retry in %.0fs)",
-                        attempts, error, serving, backoff)
+            log.warning(
+                "bundle still failing after %d attempts: %s; still serving %s (retry in %.0fs)",
+                attempts,
+                error,
+                serving,
+                backoff,
+            )
         self._last_error = error
 
     def request_reload(self) -> None:
@@ -212,7 +236,7 @@ class BundleManager:
                 break
             try:
                 self.reload(force=woke)
-            except Exception:  # noqa: BLE001 - reload() never raises; this guards the guard
+            except Exception:
                 log.exception("bundle watcher iteration failed; continuing")
 
     def start(self) -> None:

@@ -12,6 +12,7 @@ users run the production configuration, not only ``posters-serve``).
   first imported, so it can only be set before that: ``server/__init__.py`` sets it as a default
   and ``apply`` warns when FAISS was loaded with another policy.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,12 @@ def apply() -> ProcessSettings:
     threadpool_limits(limits=BLAS_THREADS, user_api="blas")
     policy = os.environ.get(WAIT_POLICY_ENV, "")
     if policy.upper() != WAIT_POLICY:
-        log.warning("%s is %r, not %s: idle OpenMP threads may spin (set it before FAISS is imported)",
-                    WAIT_POLICY_ENV, policy, WAIT_POLICY)
+        log.warning(
+            "%s is %r, not %s: idle OpenMP threads may spin (set it before FAISS is imported)",
+            WAIT_POLICY_ENV,
+            policy,
+            WAIT_POLICY,
+        )
     return current()
 
 
@@ -51,5 +56,6 @@ def current() -> ProcessSettings:
     from threadpoolctl import threadpool_info
 
     blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
-    return ProcessSettings(int(faiss.cvar.distance_compute_blas_threshold), max(blas, default=0),
-                           os.environ.get(WAIT_POLICY_ENV, ""))
+    return ProcessSettings(
+        int(faiss.cvar.distance_compute_blas_threshold), max(blas, default=0), os.environ.get(WAIT_POLICY_ENV, "")
+    )

@@ -6,13 +6,15 @@ pads missing results with id -1); errors are the typed exceptions of ``server.er
 messages saying expected vs got. The parts: ``server.items.ItemStore`` (ids, rows, metadata),
 ``server.vector_index.VectorIndex`` (FAISS, parameters, neighbour table), ``server.titles``.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -21,8 +23,18 @@ from server.errors import FailedPrecondition, InvalidArgument, NotFound, Resourc
 from server.guard import UNGUARDED, CallGuard
 from server.items import ItemStore
 from server.titles import TitleIndex
-from server.types import (Hit, ImageQuery, IndexSummary, Item, ItemQuery, ItemsQuery, Query, SearchOptions,
-                          SearchResult, VectorQuery)
+from server.types import (
+    Hit,
+    ImageQuery,
+    IndexSummary,
+    Item,
+    ItemQuery,
+    ItemsQuery,
+    Query,
+    SearchOptions,
+    SearchResult,
+    VectorQuery,
+)
 from server.vector_index import SearchParams, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -52,9 +64,15 @@ class ImageEmbedder(Protocol):
 class Searcher:
     """Immutable view of one bundle; safe to share between request threads."""
 
-    def __init__(self, bundle: Bundle, limits: SearchLimits | None = None,
-                 image_embedder: ImageEmbedder | None = None, image_unavailable_reason: str = "",
-                 threads: int = 1, coalesce: bool = False) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        limits: SearchLimits | None = None,
+        image_embedder: ImageEmbedder | None = None,
+        image_unavailable_reason: str = "",
+        threads: int = 1,
+        coalesce: bool = False,
+    ) -> None:
         self.limits = limits or SearchLimits()
         self.version = bundle.version
         self.manifest = bundle.manifest
@@ -97,8 +115,9 @@ class Searcher:
         """Validate the options of a search; returns the effective k."""
         k = options.k or self.limits.default_k
         if k < 0 or k > self.limits.max_k:
-            raise InvalidArgument(f"k expected 1..{self.limits.max_k} (0 for the default {self.limits.default_k}), "
-                                  f"got {options.k}")
+            raise InvalidArgument(
+                f"k expected 1..{self.limits.max_k} (0 for the default {self.limits.default_k}), got {options.k}"
+            )
         self._check_ids(options.candidate_ids, "candidate_ids")
         self._check_ids(options.exclude_ids, "exclude_ids")
         if options.min_score is not None and not math.isfinite(options.min_score):
@@ -121,8 +140,9 @@ class Searcher:
         return np.ascontiguousarray((v / norm)[None, :], dtype=np.float32)
 
     # ---- composing results ---------------------------------------------------
-    def _hits(self, ids: Sequence[int], scores: Sequence[float], k: int, exclude: set[int],
-              min_score: float | None) -> list[Hit]:
+    def _hits(
+        self, ids: Sequence[int], scores: Sequence[float], k: int, exclude: set[int], min_score: float | None
+    ) -> list[Hit]:
         hits: list[Hit] = []
         for item_id, score in zip(ids, scores):
             if item_id < 0 or item_id in exclude:  # -1: FAISS's padding (the id domain is non-negative)
@@ -140,22 +160,29 @@ class Searcher:
     def _rank_candidates(self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int]) -> SearchResult:
         found = self.items.lookup([c for c in options.candidate_ids if c not in exclude], "candidate item")
         if found.missing:
-            raise NotFound(f"candidate item {found.missing[0]} is not in bundle {self.version} "
-                           f"({self.item_count} items)")
+            raise NotFound(
+                f"candidate item {found.missing[0]} is not in bundle {self.version} ({self.item_count} items)"
+            )
         if len(found.ids) == 0:
             return SearchResult([], self.version, True)
         scores = self.vectors.vectors(found.ids) @ q[0]
         order = np.argsort(-scores, kind="stable")
-        return SearchResult(self._hits(found.ids[order].tolist(), scores[order].tolist(), k, set(),
-                                       options.min_score), self.version, True)
+        return SearchResult(
+            self._hits(found.ids[order].tolist(), scores[order].tolist(), k, set(), options.min_score),
+            self.version,
+            True,
+        )
 
-    def _search_many(self, queries: np.ndarray, options: SearchOptions, ks: list[int],
-                     excludes: list[set[int]]) -> list[SearchResult]:
+    def _search_many(
+        self, queries: np.ndarray, options: SearchOptions, ks: list[int], excludes: list[set[int]]
+    ) -> list[SearchResult]:
         """One FAISS call for queries that share search parameters."""
         fetch = min(self.item_count, max(k + len(e) for k, e in zip(ks, excludes)))
         scores, ids, exact = self.vectors.search(queries, fetch, SearchParams(options.nprobe, options.exact))
-        return [SearchResult(self._hits(i.tolist(), s.tolist(), k, e, options.min_score), self.version, exact)
-                for i, s, k, e in zip(ids, scores, ks, excludes)]
+        return [
+            SearchResult(self._hits(i.tolist(), s.tolist(), k, e, options.min_score), self.version, exact)
+            for i, s, k, e in zip(ids, scores, ks, excludes)
+        ]
 
     def _search(self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int]) -> SearchResult:
         exclude = exclude | set(options.exclude_ids)
@@ -169,10 +196,16 @@ class Searcher:
         k = self._check_options(options)
         row = self.items.row_of(item_id)
         table = self.vectors.table_row(row)
-        if (table is not None and k <= self.vectors.table_k and not options.candidate_ids
-                and not options.exclude_ids and not options.nprobe):
-            return SearchResult(self._hits(table[0].tolist(), table[1].tolist(), k, set(), options.min_score),
-                                self.version, True)
+        if (
+            table is not None
+            and k <= self.vectors.table_k
+            and not options.candidate_ids
+            and not options.exclude_ids
+            and not options.nprobe
+        ):
+            return SearchResult(
+                self._hits(table[0].tolist(), table[1].tolist(), k, set(), options.min_score), self.version, True
+            )
         vector = self.vectors.vectors(np.array([item_id], np.int64))
         return self._search(vector, options, k, {int(item_id)})
 
@@ -187,8 +220,12 @@ class Searcher:
         weights = np.array([w for _, w in items], np.float64)
         return weights @ self.vectors.vectors(ids).astype(np.float64)  # float64: large weights stay finite
 
-    def similar_to_items(self, positive: Sequence[tuple[int, float]], negative: Sequence[tuple[int, float]] = (),
-                         options: SearchOptions = SearchOptions()) -> SearchResult:
+    def similar_to_items(
+        self,
+        positive: Sequence[tuple[int, float]],
+        negative: Sequence[tuple[int, float]] = (),
+        options: SearchOptions = SearchOptions(),
+    ) -> SearchResult:
         """Items like the weighted positives and unlike the negatives: normalize(sum w*v+ - sum w*v-)."""
         k = self._check_options(options)
         if not positive:
@@ -201,8 +238,9 @@ class Searcher:
         exclude = {int(i) for i, _ in positive} | {int(i) for i, _ in negative}
         return self._search(self._normalized(q), options, k, exclude)
 
-    def search_vector(self, vector: Sequence[float] | np.ndarray, options: SearchOptions = SearchOptions()
-                      ) -> SearchResult:
+    def search_vector(
+        self, vector: Sequence[float] | np.ndarray, options: SearchOptions = SearchOptions()
+    ) -> SearchResult:
         k = self._check_options(options)
         return self._search(self._normalized(vector), options, k, set())
 
@@ -212,13 +250,16 @@ class Searcher:
         if len(data) > self.limits.max_image_bytes:
             raise ResourceExhausted(f"image expected at most {self.limits.max_image_bytes} bytes, got {len(data)}")
         if self.image_embedder is None:
-            raise FailedPrecondition(f"image search is unavailable for bundle {self.version}: "
-                                     f"{self.image_unavailable_reason or 'no embedder'}")
+            raise FailedPrecondition(
+                f"image search is unavailable for bundle {self.version}: "
+                f"{self.image_unavailable_reason or 'no embedder'}"
+            )
         guard.check("image search")
         return self.image_embedder.embed_image(data, guard)
 
-    def search_image(self, data: bytes, options: SearchOptions = SearchOptions(),
-                     guard: CallGuard = UNGUARDED) -> SearchResult:
+    def search_image(
+        self, data: bytes, options: SearchOptions = SearchOptions(), guard: CallGuard = UNGUARDED
+    ) -> SearchResult:
         k = self._check_options(options)
         return self._search(self._normalized(self.embed_image(data, guard)), options, k, set())
 
@@ -255,8 +296,9 @@ class Searcher:
                 raise type(exc)(f"query {pos}: {exc}") from exc
         for options, members in groups.items():
             excl = set(options.exclude_ids)
-            answers = self._search_many(np.vstack([m[1] for m in members]), options, [m[2] for m in members],
-                                        [excl] * len(members))
+            answers = self._search_many(
+                np.vstack([m[1] for m in members]), options, [m[2] for m in members], [excl] * len(members)
+            )
             for (pos, _, _), answer in zip(members, answers):
                 results[pos] = answer
         return [r for r in results if r is not None]
@@ -266,8 +308,9 @@ class Searcher:
         if not text.strip():
             raise InvalidArgument("query expected a non-empty title fragment, got an empty string")
         if len(text.strip()) > self.limits.max_query_chars:
-            raise InvalidArgument(f"query expected at most {self.limits.max_query_chars} characters, "
-                                  f"got {len(text.strip())}")
+            raise InvalidArgument(
+                f"query expected at most {self.limits.max_query_chars} characters, got {len(text.strip())}"
+            )
         limit = limit or self.limits.default_find_limit
         if limit < 0 or limit > self.limits.max_find_limit:
             raise InvalidArgument(f"limit expected 1..{self.limits.max_find_limit}, got {limit}")

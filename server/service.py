@@ -1,7 +1,9 @@
 """The gRPC servicer: converts messages and delegates to the searcher. Nothing else."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -37,15 +39,15 @@ class PosterSimilarityServicer(pb_grpc.PosterSimilarityServicer):
 
     def SearchByImage(self, request: pb.SearchByImageRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         q = convert.image_query(request)
-        return convert.result_to_proto(self._manager.require().search_image(q.data, q.options,
-                                                                            self._guard(context)))
+        return convert.result_to_proto(self._manager.require().search_image(q.data, q.options, self._guard(context)))
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
         searcher = self._manager.require()
         queries = [convert.query_from_proto(q, i) for i, q in enumerate(request.queries)]
         results = searcher.batch(queries, self._guard(context))
-        return pb.BatchSearchResponse(results=[convert.result_to_proto(r) for r in results],
-                                      bundle_version=searcher.version)
+        return pb.BatchSearchResponse(
+            results=[convert.result_to_proto(r) for r in results], bundle_version=searcher.version
+        )
 
     def FindItems(self, request: pb.FindItemsRequest, context: grpc.ServicerContext) -> pb.FindItemsResponse:
         searcher = self._manager.require()
@@ -82,8 +84,10 @@ def _lenient(message_cls: Any) -> Callable[[bytes], Any]:
 def _guarded(method: Callable, type_name: str) -> Callable:
     def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Malformed):
-            raise InvalidArgument(f"request expected a serialized {type_name}; got {request.size} bytes that do "
-                                  f"not parse ({request.error})")
+            raise InvalidArgument(
+                f"request expected a serialized {type_name}; got {request.size} bytes that do "
+                f"not parse ({request.error})"
+            )
         return method(request, context)
 
     return behaviour

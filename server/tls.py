@@ -4,6 +4,7 @@ gRPC reports a bad key or certificate only as "Failed to bind"; these checks nam
 the problem instead. An expired (or not yet valid) certificate is refused; one that expires soon
 is logged as a warning.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,10 +30,11 @@ def _read(path: Path, what: str) -> bytes:
         raise TlsError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
 
 
-def check_server_files(cert: Path, key: Path, client_ca: Path | None = None,
-                       now: dt.datetime | None = None) -> x509.Certificate:
+def check_server_files(
+    cert: Path, key: Path, client_ca: Path | None = None, now: dt.datetime | None = None
+) -> x509.Certificate:
     """Validate the server's certificate chain and key (and the client CA); return the leaf certificate."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     pem = _read(cert, "certificate")
     _read(key, "private key")
     try:

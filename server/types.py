@@ -1,8 +1,10 @@
 """Plain domain types shared by the searcher, the servicer's converters and the client."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 

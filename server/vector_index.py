@@ -5,6 +5,7 @@ Per-request parameters (nprobe, exact) go through FAISS search-parameter objects
 is never mutated from a request thread. OpenMP thread counts are per calling thread, so each request
 thread sets its own once.
 """
+
 from __future__ import annotations
 
 import threading

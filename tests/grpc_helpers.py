@@ -1,11 +1,12 @@
 """Helpers for tests over a real in-process gRPC server on 127.0.0.1:0."""
+
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 
@@ -31,16 +32,32 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(root: Path, image_search: bool = False, limits: SearchLimits | None = None, token: str | None = None,
-          tls=None, client_kwargs: dict | None = None, admission: AdmissionLimits = AdmissionLimits(),
-          poll_interval: float = 3600) -> Iterator[Served]:
-    manager = BundleManager(root, limits or SearchLimits(), image_search=image_search, poll_interval=poll_interval,
-                            embedding_gate=EmbeddingGate(admission.embedding_permits))
+def serve(
+    root: Path,
+    image_search: bool = False,
+    limits: SearchLimits | None = None,
+    token: str | None = None,
+    tls=None,
+    client_kwargs: dict | None = None,
+    admission: AdmissionLimits = AdmissionLimits(),
+    poll_interval: float = 3600,
+) -> Iterator[Served]:
+    manager = BundleManager(
+        root,
+        limits or SearchLimits(),
+        image_search=image_search,
+        poll_interval=poll_interval,
+        embedding_gate=EmbeddingGate(admission.embedding_permits),
+    )
     manager.reload()
     metrics = Metrics()
     gate = Admission(admission)
-    server, port = create_server(manager, ServerConfig(host="127.0.0.1", port=0, token=token, tls=tls,
-                                                       admission=admission), metrics, admission=gate)
+    server, port = create_server(
+        manager,
+        ServerConfig(host="127.0.0.1", port=0, token=token, tls=tls, admission=admission),
+        metrics,
+        admission=gate,
+    )
     server.start()
     client = PosterClient(f"127.0.0.1:{port}", **(client_kwargs or {}))
     try:
@@ -60,7 +77,7 @@ def self_signed_pki(folder: Path) -> dict[str, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def key():
         return ec.generate_private_key(ec.SECP256R1())
@@ -69,20 +86,36 @@ def self_signed_pki(folder: Path) -> dict[str, Path]:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     ca_key = key()
-    ca = (x509.CertificateBuilder().subject_name(name("test-ca")).issuer_name(name("test-ca"))
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("test-ca"))
+        .issuer_name(name("test-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
 
     def leaf(cn: str, serial: int, server: bool):
         k = key()
-        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject).public_key(k.public_key())
-             .serial_number(serial).not_valid_before(now - dt.timedelta(hours=1))
-             .not_valid_after(now + dt.timedelta(days=1)))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca.subject)
+            .public_key(k.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
         if server:
-            b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         return k, b.sign(ca_key, hashes.SHA256())
 
     out: dict[str, Path] = {}
@@ -93,9 +126,11 @@ def self_signed_pki(folder: Path) -> dict[str, Path]:
         out[f"{label}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         if k is not None:
             out[f"{label}_key"] = folder / f"{label}.key"
-            out[f"{label}_key"].write_bytes(k.private_bytes(serialization.Encoding.PEM,
-                                                            serialization.PrivateFormat.PKCS8,
-                                                            serialization.NoEncryption()))
+            out[f"{label}_key"].write_bytes(
+                k.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
 
     write("ca", ca)
     write("server", *reversed(leaf("localhost", 2, True)))
@@ -105,8 +140,9 @@ def self_signed_pki(folder: Path) -> dict[str, Path]:
 
 def raw_call(channel: grpc.Channel, method: str, payload: bytes, timeout: float = 30.0) -> grpc.StatusCode:
     """Send raw bytes to a method; return the status code."""
-    call = channel.unary_unary(f"/posters.v1.PosterSimilarity/{method}", request_serializer=None,
-                               response_deserializer=None)
+    call = channel.unary_unary(
+        f"/posters.v1.PosterSimilarity/{method}", request_serializer=None, response_deserializer=None
+    )
     try:
         call(payload, timeout=timeout)
         return grpc.StatusCode.OK

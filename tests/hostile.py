@@ -1,4 +1,5 @@
 """Generators of hostile and odd poster files (made at test time, never downloaded)."""
+
 from __future__ import annotations
 
 import io
@@ -24,7 +25,12 @@ def pixel_bomb_png(side: int = BOMB_SIDE) -> bytes:
     parts.append(comp.compress(row * (side % 1000)))
     parts.append(comp.flush())
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"".join(parts)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def poster(seed: int, size: tuple[int, int] = (200, 300)) -> Image.Image:
@@ -37,7 +43,7 @@ def poster(seed: int, size: tuple[int, int] = (200, 300)) -> Image.Image:
     cx, cy, r = rng.uniform(0.3, 0.7) * w, rng.uniform(0.2, 0.6) * h, rng.uniform(0.15, 0.3) * w
     yy, xx = np.mgrid[0:h, 0:w]
     arr[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.integers(0, 256, 3)
-    arr[int(h * 0.8):] = arr[int(h * 0.8):] * 0.3
+    arr[int(h * 0.8) :] = arr[int(h * 0.8) :] * 0.3
     return Image.fromarray(arr.astype(np.uint8), "RGB")
 
 

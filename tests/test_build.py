@@ -1,7 +1,9 @@
 """Builds end to end: index types, bundle round trip, hostile posters, cache, kill -9, precomputed input."""
+
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -26,12 +28,21 @@ ROOT_DIR = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "auto"])
-def test_each_index_type_on_generated_catalog(tmp_path: Path, demo_catalog: Path, lite_embedder: Embedder,
-                                              kind: str) -> None:
+def test_each_index_type_on_generated_catalog(
+    tmp_path: Path, demo_catalog: Path, lite_embedder: Embedder, kind: str
+) -> None:
     spec = IndexSpec(kind=kind, nlist=4 if kind == "ivf" else None)
-    report = build(BuildConfig(index_root=tmp_path, catalog=demo_catalog_config(demo_catalog), index=spec,
-                               pipeline=QUIET, neighbours_k=5, cache_path=tmp_path.parent / "shared-cache.sqlite"),
-                   embedder=lite_embedder)
+    report = build(
+        BuildConfig(
+            index_root=tmp_path,
+            catalog=demo_catalog_config(demo_catalog),
+            index=spec,
+            pipeline=QUIET,
+            neighbours_k=5,
+            cache_path=tmp_path.parent / "shared-cache.sqlite",
+        ),
+        embedder=lite_embedder,
+    )
     b = bundles.load_bundle(bundles.current_path(tmp_path))
     assert report.item_count == DEMO_COUNT == b.index.ntotal
     assert b.manifest.index.type == ("flat" if kind == "auto" else kind)
@@ -77,8 +88,11 @@ def _hostile_catalog(folder: Path) -> tuple[CatalogConfig, dict[str, int]]:
         files[f"good{n}.jpg"] = jpeg_bytes(poster(100 + n))
     write_files(posters, files)
     ids = {name: 1000 + n for n, name in enumerate(sorted(files))}
-    (folder / "movies.csv").write_text("movieId,title,genres\n" + "".join(
-        f"{i},{name} (2000),Drama\n" for name, i in ids.items()) + "99,Missing poster (2001),Drama\n")
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n"
+        + "".join(f"{i},{name} (2000),Drama\n" for name, i in ids.items())
+        + "99,Missing poster (2001),Drama\n"
+    )
     (folder / "files.csv").write_text("movieId,imdbId,tmdbId\n")
     # name each poster by its movieId: rename files
     for name, i in ids.items():
@@ -88,8 +102,10 @@ def _hostile_catalog(folder: Path) -> tuple[CatalogConfig, dict[str, int]]:
 
 def test_hostile_catalog_builds_and_reports_each_bad_file(tmp_path: Path, lite_embedder: Embedder) -> None:
     config, ids = _hostile_catalog(tmp_path)
-    report = build(BuildConfig(index_root=tmp_path / "root", catalog=config, pipeline=QUIET, neighbours_k=3),
-                   embedder=lite_embedder)
+    report = build(
+        BuildConfig(index_root=tmp_path / "root", catalog=config, pipeline=QUIET, neighbours_k=3),
+        embedder=lite_embedder,
+    )
     path = bundles.current_path(tmp_path / "root")
     failures = bundles.load_failures(path)
     failed = {int(i): r for i, r in zip(failures["item_id"], failures["reason"])}
@@ -117,8 +133,9 @@ def test_cache_embeds_only_new_posters(tmp_path: Path, demo_catalog: Path, lite_
     for tmdb in links["tmdbId"]:
         name = f"{int(tmdb)}.jpg"
         (catalog / "posters" / name).write_bytes((demo_catalog / "posters" / name).read_bytes())
-    config = BuildConfig(index_root=tmp_path / "root", catalog=demo_catalog_config(catalog), pipeline=QUIET,
-                         neighbours_k=0)
+    config = BuildConfig(
+        index_root=tmp_path / "root", catalog=demo_catalog_config(catalog), pipeline=QUIET, neighbours_k=0
+    )
     r1 = build(config, embedder=lite_embedder)
     assert (r1.embedded, r1.from_cache) == (30, 0)
     movies.iloc[:40].to_csv(catalog / "movies.csv", index=False)  # 10 new movies
@@ -137,8 +154,11 @@ def test_failed_build_keeps_current(tmp_path: Path, demo_root: Path, lite_embedd
     x = clustered_vectors(50, 8)
     np.save(tmp_path / "v.npy", x)
     np.save(tmp_path / "i.npy", np.arange(50))
-    build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "i.npy"),
-                      pipeline=QUIET))
+    build(
+        BuildConfig(
+            index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "i.npy"), pipeline=QUIET
+        )
+    )
     before = bundles.read_current(root)
     posters = tmp_path / "bad"
     write_files(posters, {"1.jpg": b"", "2.jpg": b"junk"})
@@ -159,8 +179,14 @@ def test_disk_full_during_write_keeps_current(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(writer, "_write_npy", full)  # the neighbour table write fails mid-bundle
     with pytest.raises(BuildError, match="No space left.*CURRENT unchanged"):
-        build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"),
-                          pipeline=QUIET, neighbours_k=5))
+        build(
+            BuildConfig(
+                index_root=root,
+                precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"),
+                pipeline=QUIET,
+                neighbours_k=5,
+            )
+        )
     monkeypatch.undo()
     assert bundles.read_current(root) == before
     assert bundles.load_bundle(bundles.current_path(root)).version == before
@@ -169,8 +195,13 @@ def test_disk_full_during_write_keeps_current(tmp_path: Path, monkeypatch: pytes
 
 def test_prune_keeps_current_and_newest(vectors_root, tmp_path: Path) -> None:
     root, _, _ = vectors_root
-    config = BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"),
-                         pipeline=QUIET, neighbours_k=0, keep_builds=2)
+    config = BuildConfig(
+        index_root=root,
+        precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"),
+        pipeline=QUIET,
+        neighbours_k=0,
+        keep_builds=2,
+    )
     for _ in range(3):
         build(config)
     builds = bundles.list_builds(root)
@@ -179,10 +210,12 @@ def test_prune_keeps_current_and_newest(vectors_root, tmp_path: Path) -> None:
 
 def test_concurrent_build_is_refused(vectors_root) -> None:
     root, _, _ = vectors_root
-    with bundles.build_lock(root):
-        with pytest.raises(BuildError, match="another build is running"):
-            with bundles.build_lock(root):
-                pass
+    with (
+        bundles.build_lock(root),
+        pytest.raises(BuildError, match="another build is running"),
+        bundles.build_lock(root),
+    ):
+        pass
 
 
 @pytest.mark.parametrize("fmt", ["npy", "npz", "parquet"])
@@ -199,8 +232,15 @@ def test_precomputed_formats(tmp_path: Path, fmt: str, demo_catalog: Path) -> No
     else:
         pd.DataFrame({"item_id": ids, "embedding": list(x)}).to_parquet(tmp_path / "v.parquet")
         pre = PrecomputedConfig(tmp_path / "v.parquet")
-    build(BuildConfig(index_root=tmp_path / "root", precomputed=pre, pipeline=QUIET, neighbours_k=0,
-                      catalog=CatalogConfig(demo_catalog / "posters", demo_catalog / "movies.csv")))
+    build(
+        BuildConfig(
+            index_root=tmp_path / "root",
+            precomputed=pre,
+            pipeline=QUIET,
+            neighbours_k=0,
+            catalog=CatalogConfig(demo_catalog / "posters", demo_catalog / "movies.csv"),
+        )
+    )
     b = bundles.load_bundle(bundles.current_path(tmp_path / "root"))
     assert b.manifest.model == "precomputed" and b.manifest.embedder is None
     assert b.items["item_id"].tolist() == ids.tolist()
@@ -238,22 +278,47 @@ def test_corrupt_files_give_readable_errors_naming_the_file(vectors_root) -> Non
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "indexer.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT_DIR, timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "indexer.cli", *args], capture_output=True, text=True, cwd=ROOT_DIR, timeout=600, **kw
+    )
 
 
 def test_build_help_documents_every_option() -> None:
     out = _cli("build", "--help").stdout
-    for option in ("--movies", "--links", "--ratings", "--min-ratings", "--posters", "--pattern", "--embeddings",
-                   "--ids", "--model", "--weights", "--pooling", "--resize", "--batch-size", "--workers",
-                   "--max-pixels", "--index", "--nlist", "--nprobe", "--target-recall", "--neighbours", "--out",
-                   "--keep", "--no-cache", "--cache", "--quiet"):
+    for option in (
+        "--movies",
+        "--links",
+        "--ratings",
+        "--min-ratings",
+        "--posters",
+        "--pattern",
+        "--embeddings",
+        "--ids",
+        "--model",
+        "--weights",
+        "--pooling",
+        "--resize",
+        "--batch-size",
+        "--workers",
+        "--max-pixels",
+        "--index",
+        "--nlist",
+        "--nprobe",
+        "--target-recall",
+        "--neighbours",
+        "--out",
+        "--keep",
+        "--no-cache",
+        "--cache",
+        "--quiet",
+    ):
         assert option in out, option
     assert "efficientnet_lite0" in out and "inception_v3" in out
 
 
-def test_kill_9_during_build_keeps_current_then_resumes_from_cache(tmp_path: Path, demo_catalog: Path,
-                                                                   demo_root: Path) -> None:
+def test_kill_9_during_build_keeps_current_then_resumes_from_cache(
+    tmp_path: Path, demo_catalog: Path, demo_root: Path
+) -> None:
     root = tmp_path / "root"
     # start from a published bundle (copy the session's demo bundle)
     import shutil
@@ -261,11 +326,30 @@ def test_kill_9_during_build_keeps_current_then_resumes_from_cache(tmp_path: Pat
     shutil.copytree(demo_root / "builds", root / "builds")
     shutil.copy(demo_root / "CURRENT", root / "CURRENT")
     before = bundles.read_current(root)
-    args = ["build", "--movies", str(demo_catalog / "movies.csv"), "--links", str(demo_catalog / "links.csv"),
-            "--posters", str(demo_catalog / "posters"), "--pattern", "{tmdbId}.jpg", "--out", str(root),
-            "--batch-size", "4", "--neighbours", "0"]
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], cwd=ROOT_DIR, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args = [
+        "build",
+        "--movies",
+        str(demo_catalog / "movies.csv"),
+        "--links",
+        str(demo_catalog / "links.csv"),
+        "--posters",
+        str(demo_catalog / "posters"),
+        "--pattern",
+        "{tmdbId}.jpg",
+        "--out",
+        str(root),
+        "--batch-size",
+        "4",
+        "--neighbours",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "indexer.cli", *args],
+        cwd=ROOT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:  # wait until embedding has really started, then kill -9 mid-way
         if "embedding:  " in line and "/40" in line and not line.strip().endswith("?img/s]"):
@@ -279,8 +363,9 @@ def test_kill_9_during_build_keeps_current_then_resumes_from_cache(tmp_path: Pat
     done = _cli(*args, "--quiet")
     assert done.returncode == 0, done.stderr
     summary = done.stdout.splitlines()[0]
-    embedded = int(summary.split("(")[1].split(" embedded")[0])
-    from_cache = int(summary.split(", ")[-1].split(" from cache")[0])
+    counts = re.search(r"(\d+) embedded, (\d+) from cache", summary)
+    assert counts, summary
+    embedded, from_cache = int(counts[1]), int(counts[2])
     assert embedded + from_cache == DEMO_COUNT and from_cache > 0, summary
     assert cache.exists()
     assert bundles.read_current(root) != before

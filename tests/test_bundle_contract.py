@@ -1,5 +1,6 @@
 """The bundle contract: golden bundles of every format version load, writes are checked, and a bundle
 that is whole on the outside but inconsistent inside is refused (by the server and by ``info``)."""
+
 from __future__ import annotations
 
 import json
@@ -94,12 +95,20 @@ def test_manifest_with_an_unknown_or_mistyped_key_is_refused(tmp_path: Path) -> 
 
 # ---- item 10: load-time checks that go deeper than checksums ------------------------------------
 
+
 def _precomputed_root(tmp_path: Path, neighbours: int = 5) -> tuple[Path, Path]:
     x = clustered_vectors(300, 16, clusters=6, seed=2)
     np.savez(tmp_path / "v.npz", ids=np.arange(300) * 2 + 1, vectors=x)
     root = tmp_path / "root"
-    build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npz"),
-                      index=IndexSpec(kind="flat"), pipeline=QUIET, neighbours_k=neighbours))
+    build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(tmp_path / "v.npz"),
+            index=IndexSpec(kind="flat"),
+            pipeline=QUIET,
+            neighbours_k=neighbours,
+        )
+    )
     return root, bundles.current_path(root)
 
 
@@ -115,8 +124,13 @@ def _reseal(path: Path, drop: str | None = None) -> None:
 
 
 def _info(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "indexer.cli", "info", str(path)], capture_output=True, text=True,
-                          cwd=ROOT_DIR, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "indexer.cli", "info", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT_DIR,
+        timeout=120,
+    )
 
 
 def _assert_refused(path: Path, pattern: str) -> None:
@@ -140,8 +154,10 @@ def test_l2_metric_index_is_refused(tmp_path: Path) -> None:
     _, path = _precomputed_root(tmp_path)
     old = faiss.read_index(str(path / "index.faiss"))
     l2 = faiss.IndexIDMap2(faiss.IndexFlatL2(old.d))
-    l2.add_with_ids(np.vstack([old.reconstruct(int(i)) for i in faiss.vector_to_array(old.id_map)]),
-                    faiss.vector_to_array(old.id_map))
+    l2.add_with_ids(
+        np.vstack([old.reconstruct(int(i)) for i in faiss.vector_to_array(old.id_map)]),
+        faiss.vector_to_array(old.id_map),
+    )
     faiss.write_index(l2, str(path / "index.faiss"))
     _reseal(path)
     _assert_refused(path, "metric expected inner product")
@@ -174,14 +190,35 @@ def test_copied_bundle_is_refused_by_its_build_id(tmp_path: Path) -> None:
 
 # ---- item 3: every write checked, the staged bundle verified before it is published ----------------
 
+
 def _build_cli(root: Path, vectors: Path, fsize_limit: int | None) -> subprocess.CompletedProcess:
     def limit() -> None:
         if fsize_limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
 
-    return subprocess.run([sys.executable, "-m", "indexer.cli", "build", "--embeddings", str(vectors), "--out",
-                           str(root), "--quiet", "--index", "flat", "--neighbours", "100", "--no-cache"],
-                          capture_output=True, text=True, cwd=ROOT_DIR, preexec_fn=limit, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "indexer.cli",
+            "build",
+            "--embeddings",
+            str(vectors),
+            "--out",
+            str(root),
+            "--quiet",
+            "--index",
+            "flat",
+            "--neighbours",
+            "100",
+            "--no-cache",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT_DIR,
+        preexec_fn=limit,
+        timeout=300,
+    )
 
 
 def test_file_size_limit_fails_the_build_and_keeps_current(tmp_path: Path) -> None:
@@ -215,6 +252,13 @@ def test_a_staged_bundle_that_reads_back_wrong_is_never_published(tmp_path: Path
 
     monkeypatch.setattr(writer, "_write_index", truncating)
     with pytest.raises(BuildError, match="failed verification, not published.*index.faiss"):
-        build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npz"),
-                          index=IndexSpec(kind="flat"), pipeline=QUIET, neighbours_k=5))
+        build(
+            BuildConfig(
+                index_root=root,
+                precomputed=PrecomputedConfig(tmp_path / "v.npz"),
+                index=IndexSpec(kind="flat"),
+                pipeline=QUIET,
+                neighbours_k=5,
+            )
+        )
     assert bundles.read_current(root) == before

@@ -1,4 +1,5 @@
 """Catalogs: MovieLens CSVs with messy ids, poster patterns, popularity filter, bare folders."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,22 +21,27 @@ def ml(tmp_path: Path) -> Path:
     posters.mkdir()
     for name in ("862.jpg", "8844.png", "15602.JPG", "31357.webp", "111.jpg", "0114709.jpg", "1.png"):
         (posters / name).write_bytes(b"x")
-    _write(tmp_path / "movies.csv",
-           "movieId,title,genres\n"
-           "1,Toy Story (1995),Adventure|Animation|Children\n"
-           "2,Jumanji (1995),Adventure|Children\n"
-           "3,\"Grumpier Old Men, The (1995)\",Comedy|Romance\n"
-           "4,Waiting to Exhale (1995),(no genres listed)\n"
-           "5,No Poster (1995),Drama\n"
-           "abc,Broken Id,Drama\n"
-           "2,Jumanji duplicate,Adventure\n"
-           "6,Blank Tmdb (1995),Drama\n")
-    _write(tmp_path / "links.csv",
-           "movieId,imdbId,tmdbId\n1,0114709,862.0\n2,0113497,8844.0\n3,0113228,15602\n4,0114885,31357.0\n"
-           "5,0113041,999999.0\n6,0113277,\n")
-    _write(tmp_path / "ratings.csv",
-           "userId,movieId,rating,timestamp\n" + "".join(f"{u},1,4.0,0\n{u},2,3.0,0\n" for u in range(10))
-           + "1,3,5.0,0\n")
+    _write(
+        tmp_path / "movies.csv",
+        "movieId,title,genres\n"
+        "1,Toy Story (1995),Adventure|Animation|Children\n"
+        "2,Jumanji (1995),Adventure|Children\n"
+        '3,"Grumpier Old Men, The (1995)",Comedy|Romance\n'
+        "4,Waiting to Exhale (1995),(no genres listed)\n"
+        "5,No Poster (1995),Drama\n"
+        "abc,Broken Id,Drama\n"
+        "2,Jumanji duplicate,Adventure\n"
+        "6,Blank Tmdb (1995),Drama\n",
+    )
+    _write(
+        tmp_path / "links.csv",
+        "movieId,imdbId,tmdbId\n1,0114709,862.0\n2,0113497,8844.0\n3,0113228,15602\n4,0114885,31357.0\n"
+        "5,0113041,999999.0\n6,0113277,\n",
+    )
+    _write(
+        tmp_path / "ratings.csv",
+        "userId,movieId,rating,timestamp\n" + "".join(f"{u},1,4.0,0\n{u},2,3.0,0\n" for u in range(10)) + "1,3,5.0,0\n",
+    )
     return tmp_path
 
 
@@ -66,8 +72,11 @@ def test_movie_id_pattern_any_extension(ml: Path) -> None:
 
 
 def test_min_ratings_filter(ml: Path) -> None:
-    cat = load_catalog(CatalogConfig(ml / "posters", ml / "movies.csv", ml / "links.csv", ml / "ratings.csv",
-                                     min_ratings=5, pattern="{tmdbId}"))
+    cat = load_catalog(
+        CatalogConfig(
+            ml / "posters", ml / "movies.csv", ml / "links.csv", ml / "ratings.csv", min_ratings=5, pattern="{tmdbId}"
+        )
+    )
     assert cat.items["item_id"].tolist() == [1, 2]  # rated 10 times each; movie 3 once
 
 

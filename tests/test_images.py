@@ -1,4 +1,5 @@
 """Decoding: odd modes become RGB model input; hostile files give a reason, never a crash."""
+
 from __future__ import annotations
 
 import io
@@ -38,7 +39,11 @@ def test_configurable_pixel_limit_applies_below_pillows() -> None:
     with pytest.raises(ImageTooLargeError, match="10000x10000"):
         decode_image(pixel_bomb_png(10_000), DecodeConfig(size=SIZE, max_pixels=50_000_000))
     # the same image is fine with a higher limit (decoding 100 Mpx of 1-bit is cheap)
-    assert decode_image(pixel_bomb_png(10_000), DecodeConfig(size=SIZE, max_pixels=100_000_000)).shape == (SIZE, SIZE, 3)
+    assert decode_image(pixel_bomb_png(10_000), DecodeConfig(size=SIZE, max_pixels=100_000_000)).shape == (
+        SIZE,
+        SIZE,
+        3,
+    )
 
 
 def test_byte_limit() -> None:

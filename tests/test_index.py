@@ -1,4 +1,5 @@
 """Index construction against an exact NumPy oracle, on seeded clustered data."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,7 @@ def test_flat_equals_brute_force() -> None:
     q = clustered_vectors(50, 64, seed=2)
     built = build_index(x, ids, IndexSpec(kind="flat"))
     scores, found = built.index.search(q, 10)
-    exp_scores, exp_rows = brute_force(x, q, 10)
-    assert_exact_topk(found, scores, x, ids, q)
+    assert_exact_topk(found, scores, x, ids, q)  # the brute-force oracle, ties handled
 
 
 def test_ivf_params_are_stored_and_reconstruct_works() -> None:
@@ -84,8 +84,15 @@ def test_ivf_recall_on_20k_clustered_precomputed(tmp_path: Path) -> None:
     ids = np.arange(n, dtype=np.int64) * 5 + 3
     np.savez(tmp_path / "pre.npz", ids=ids, vectors=x * 3.0)  # not normalized: the build normalizes
     root = tmp_path / "root"
-    build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "pre.npz"),
-                      index=IndexSpec(kind="ivf"), pipeline=QUIET, neighbours_k=0))
+    build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(tmp_path / "pre.npz"),
+            index=IndexSpec(kind="ivf"),
+            pipeline=QUIET,
+            neighbours_k=0,
+        )
+    )
     b = bundles.load_bundle(bundles.current_path(root))
     assert b.manifest.index.type == "ivf"
     _, found = b.index.search(q, 10)  # default nprobe from the bundle

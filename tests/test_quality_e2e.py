@@ -1,4 +1,5 @@
 """eval, compare, analyze and photo-catalog end to end, on small generated catalogs, against NumPy oracles."""
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,9 @@ def _png_ok(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_eval(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, lite_embedder: Embedder
-              ) -> tuple[dict[str, Any], Path]:
+def demo_eval(
+    tmp_path_factory: pytest.TempPathFactory, demo_root: Path, lite_embedder: Embedder
+) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("eval") / "a"
     return evaluate(EvalConfig(root=demo_root, out=out, **SMALL), embedder=lite_embedder), out
 
@@ -64,8 +66,9 @@ def test_eval_identity_copies_find_themselves(demo_eval: tuple[dict[str, Any], P
     assert all(e["queries"] == 4 for e in copy["edits"])
 
 
-def test_eval_copy_ranks_match_brute_force(demo_eval: tuple[dict[str, Any], Path], demo_root: Path,
-                                           lite_embedder: Embedder, demo_catalog: Path):
+def test_eval_copy_ranks_match_brute_force(
+    demo_eval: tuple[dict[str, Any], Path], demo_root: Path, lite_embedder: Embedder, demo_catalog: Path
+):
     from indexer.quality.bundle_view import bundle_vectors, open_bundle
 
     payload = demo_eval[0]
@@ -74,8 +77,10 @@ def test_eval_copy_ranks_match_brute_force(demo_eval: tuple[dict[str, Any], Path
     ids, x = bundle_vectors(bundle)
     poster = dict(zip(bundle.items["item_id"], bundle.items["poster"], strict=True))
     for kind in ("crop", "wall"):
-        data = [edited_copy(kind, (demo_catalog / "posters" / poster[i]).read_bytes(), i, SMALL["seed"])
-                for i in copy["original_ids"]]
+        data = [
+            edited_copy(kind, (demo_catalog / "posters" / poster[i]).read_bytes(), i, SMALL["seed"])
+            for i in copy["original_ids"]
+        ]
         sims = embed_image_bytes(lite_embedder, data) @ x.T
         ranks = np.array([int((s > s[ids == i][0]).sum()) for s, i in zip(sims, copy["original_ids"], strict=True)])
         row = next(e for e in copy["edits"] if e["edit"] == kind)
@@ -95,8 +100,9 @@ def test_eval_flat_fidelity_genres_and_collections(demo_eval: tuple[dict[str, An
     assert "suggested_threshold" in m["duplicates"]
 
 
-def test_eval_is_deterministic_for_a_seed(demo_eval: tuple[dict[str, Any], Path], demo_root: Path,
-                                          lite_embedder: Embedder, tmp_path: Path):
+def test_eval_is_deterministic_for_a_seed(
+    demo_eval: tuple[dict[str, Any], Path], demo_root: Path, lite_embedder: Embedder, tmp_path: Path
+):
     again = evaluate(EvalConfig(root=demo_root, out=tmp_path / "b", charts=False, **SMALL), embedder=lite_embedder)
     first = json.loads((demo_eval[1] / "eval.json").read_text())["metrics"]
     assert json.loads((tmp_path / "b" / "eval.json").read_text())["metrics"] == first
@@ -119,12 +125,20 @@ def ivf_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray
         csv.writer(fh).writerows([("movieId", "title", "genres"), *rows])
     families = rng.integers(0, 150, size=n)
     with (tmp / "fam.csv").open("w", newline="") as fh:
-        csv.writer(fh).writerows([("movieId", "saga"), *((int(i), f"s{f}") for i, f in zip(ids, families,
-                                                                                                 strict=True))])
+        csv.writer(fh).writerows(
+            [("movieId", "saga"), *((int(i), f"s{f}") for i, f in zip(ids, families, strict=True))]
+        )
     root = tmp / "root"
-    build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp / "v.npy", tmp / "ids.npy"),
-                      catalog=CatalogConfig(posters_dir=tmp, movies_csv=tmp / "movies.csv"),
-                      index=IndexSpec(kind="ivf", nlist=16, nprobe=1), pipeline=QUIET, neighbours_k=10))
+    build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(tmp / "v.npy", tmp / "ids.npy"),
+            catalog=CatalogConfig(posters_dir=tmp, movies_csv=tmp / "movies.csv"),
+            index=IndexSpec(kind="ivf", nlist=16, nprobe=1),
+            pipeline=QUIET,
+            neighbours_k=10,
+        )
+    )
     return root, ids, x, tmp / "movies.csv", tmp / "fam.csv"
 
 
@@ -134,9 +148,32 @@ def test_eval_cli_on_ivf_matches_numpy_oracles(ivf_root: tuple, tmp_path: Path):
 
     root, ids, x, movies, fam = ivf_root
     out = tmp_path / "eval"
-    assert main(["eval", str(root), "--out", str(out), "--fidelity-queries", "600", "--fidelity-ks", "1,10",
-                 "--nprobes", "1,4,16", "--genre-queries", "600", "--collections", str(fam),
-                 "--collection-column", "saga", "--latency-queries", "5", "--no-charts"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(root),
+                "--out",
+                str(out),
+                "--fidelity-queries",
+                "600",
+                "--fidelity-ks",
+                "1,10",
+                "--nprobes",
+                "1,4,16",
+                "--genre-queries",
+                "600",
+                "--collections",
+                str(fam),
+                "--collection-column",
+                "saga",
+                "--latency-queries",
+                "5",
+                "--no-charts",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "eval.json").read_text())["metrics"]
     assert m["copy_detection"] is None  # precomputed vectors: no image model
     sims = x @ x.T
@@ -156,8 +193,7 @@ def test_eval_cli_on_ivf_matches_numpy_oracles(ivf_root: tuple, tmp_path: Path):
     assert curve[16]["item_recall@10"] == 1.0 and curve[16]["vector_recall@10"] == 1.0
     assert curve[1]["item_recall@10"] < 1.0  # the curve measures something on this data
     # genres: precision@10 of exact neighbours (the neighbour table) over every item with genres
-    g_sets = [set(filter(None, s.split("|"))) for s in
-              [r[2] for r in list(csv.reader(movies.open()))[1:]]]
+    g_sets = [set(filter(None, s.split("|"))) for s in [r[2] for r in list(csv.reader(movies.open()))[1:]]]
     prec = [np.mean([bool(g_sets[q] & g_sets[n]) for n in truth[q]]) for q in range(len(ids)) if g_sets[q]]
     assert m["genres"]["model"]["precision"] == pytest.approx(np.mean(prec))
     assert m["genres"]["queries"] == len(prec)
@@ -198,16 +234,56 @@ def test_compare_cli_three_configurations(tmp_path: Path):
     demo_catalog = tmp_path / "catalog"
     write_demo_catalog(demo_catalog, count=COMPARE_COUNT, seed=5)
     out = tmp_path / "cmp"
-    assert main(["compare", "--movies", str(demo_catalog / "movies.csv"), "--links", str(demo_catalog / "links.csv"),
-                 "--posters", str(demo_catalog / "posters"), "--pattern", "{tmdbId}.jpg", "--out", str(out),
-                 "--weights", "none", "--config", "pooling=avg", "--config", "pooling=max",
-                 "--config", "resize=stretch", "--index", "flat", "--neighbours", "10", "--copy-sample", "2",
-                 "--edits", "identity,crop,jpeg", "--fidelity-queries", "20", "--latency-queries", "5",
-                 "--image-latency-queries", "2", "--throughput-images", "8", "--no-phash"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--movies",
+                str(demo_catalog / "movies.csv"),
+                "--links",
+                str(demo_catalog / "links.csv"),
+                "--posters",
+                str(demo_catalog / "posters"),
+                "--pattern",
+                "{tmdbId}.jpg",
+                "--out",
+                str(out),
+                "--weights",
+                "none",
+                "--config",
+                "pooling=avg",
+                "--config",
+                "pooling=max",
+                "--config",
+                "resize=stretch",
+                "--index",
+                "flat",
+                "--neighbours",
+                "10",
+                "--copy-sample",
+                "2",
+                "--edits",
+                "identity,crop,jpeg",
+                "--fidelity-queries",
+                "20",
+                "--latency-queries",
+                "5",
+                "--image-latency-queries",
+                "2",
+                "--throughput-images",
+                "8",
+                "--no-phash",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "compare.json").read_text())
     rows = result["configs"]
-    assert [r["config"] for r in rows] == ["efficientnet_lite0-none-avg-pad", "efficientnet_lite0-none-max-pad",
-                                           "efficientnet_lite0-none-avg-stretch"]
+    assert [r["config"] for r in rows] == [
+        "efficientnet_lite0-none-avg-pad",
+        "efficientnet_lite0-none-max-pad",
+        "efficientnet_lite0-none-avg-stretch",
+    ]
     for r in rows:
         assert r["dim"] == 1280 and r["bytes_per_vector"] == 1280 * 4
         assert r["images_per_second"] > 0 and r["build_seconds"] > 0
@@ -226,8 +302,14 @@ def test_photo_catalog_cli_is_a_movielens_catalog_and_deterministic(tmp_path: Pa
     assert main(["photo-catalog", str(out), "--distractors", "6"]) == 0
     photos = list(csv.DictReader((out / "photos.csv").open()))
     assert len(photos) >= MIN_PHOTOS
-    catalog = load_catalog(CatalogConfig(posters_dir=out / "posters", movies_csv=out / "movies.csv",
-                                         links_csv=out / "links.csv", pattern="{tmdbId}.jpg"))
+    catalog = load_catalog(
+        CatalogConfig(
+            posters_dir=out / "posters",
+            movies_csv=out / "movies.csv",
+            links_csv=out / "links.csv",
+            pattern="{tmdbId}.jpg",
+        )
+    )
     assert len(catalog.items) == 6 + len(photos) and not catalog.problems
     assert {int(p["movieId"]) for p in photos} <= set(catalog.items["item_id"].tolist())
     for path in catalog.poster_paths():

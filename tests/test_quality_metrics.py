@@ -1,4 +1,5 @@
 """Quality metrics against hand-computed small cases and brute-force NumPy oracles (no model needed)."""
+
 from __future__ import annotations
 
 import io
@@ -46,8 +47,9 @@ def test_knn_recall_with_ties_forgives_a_tie_at_the_boundary_only():
 
 def test_knn_recall_with_ties_boundary_is_the_kth_valid_truth():
     # truth has only one valid id in the top 2: the boundary is its score, and recall is out of 1
-    got = metrics.knn_recall_with_ties(np.array([[7, 3]]), np.array([[0.8, 0.8]]), np.array([[3, -1]]),
-                                       np.array([[0.8, 0.0]]), 2)
+    got = metrics.knn_recall_with_ties(
+        np.array([[7, 3]]), np.array([[0.8, 0.8]]), np.array([[3, -1]]), np.array([[0.8, 0.0]]), 2
+    )
     assert got[0] == 1.0
 
 
@@ -189,8 +191,9 @@ def test_latency_summary_in_milliseconds():
 # ---- duplicates ------------------------------------------------------------------------------------------------------
 def _brute_pairs(x: np.ndarray, ids: np.ndarray, t: float) -> set[tuple[int, int]]:
     sims = x @ x.T
-    return {tuple(sorted((int(ids[i]), int(ids[j])))) for i in range(len(x)) for j in range(i + 1, len(x))
-            if sims[i, j] > t}
+    return {
+        tuple(sorted((int(ids[i]), int(ids[j])))) for i in range(len(x)) for j in range(i + 1, len(x)) if sims[i, j] > t
+    }
 
 
 def test_count_near_duplicates_hand_made():
@@ -217,8 +220,9 @@ def test_count_near_duplicates_in_blocks_matches_brute_force(monkeypatch: pytest
 def test_ids_to_rows_and_drop_ids():
     ids = np.array([30, 10, 20])
     np.testing.assert_array_equal(ids_to_rows(ids, np.array([[20, -1, 30], [99, 10, 10]])), [[2, -1, 0], [-1, 1, 1]])
-    found, scores = drop_ids(np.array([[5, 6, 7], [-1, 8, 5]]), np.array([[0.9, 0.8, 0.7], [0, 0.5, 0.4]]),
-                             np.array([6, 9]), 2)
+    found, scores = drop_ids(
+        np.array([[5, 6, 7], [-1, 8, 5]]), np.array([[0.9, 0.8, 0.7], [0, 0.5, 0.4]]), np.array([6, 9]), 2
+    )
     np.testing.assert_array_equal(found, [[5, 7], [8, 5]])
     np.testing.assert_allclose(scores, [[0.9, 0.7], [0.5, 0.4]])
 

@@ -1,5 +1,6 @@
 """Issue #8 "Reliability II", indexer side: cache poisoning, the id domain, the .pth reader's bounds,
 reasons instead of tracebacks, and normalization of huge vectors."""
+
 from __future__ import annotations
 
 import errno
@@ -50,8 +51,10 @@ def _mean_colour(images: np.ndarray) -> np.ndarray:
 
 # --- 5. embedding cache poisoning -------------------------------------------------------------------------------
 
-def test_poster_replaced_during_the_build_cannot_poison_the_cache(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_poster_replaced_during_the_build_cannot_poison_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     red, blue, green = _png((200, 0, 0)), _png((0, 0, 200)), _png((0, 200, 0))
     paths = [tmp_path / "a.png", tmp_path / "flip.png", tmp_path / "c.png"]
     for path, data in zip(paths, (green, red, green)):
@@ -83,8 +86,13 @@ def test_poster_replaced_during_the_build_cannot_poison_the_cache(tmp_path: Path
 
 
 def test_identical_posters_are_embedded_once_and_failures_keep_their_reason(tmp_path: Path) -> None:
-    files = {"1.png": _png((10, 20, 30)), "2.png": _png((10, 20, 30)), "3.png": b"not an image",
-             "4.png": _png((90, 80, 70)), "5.png": b"x" * 2_000}
+    files = {
+        "1.png": _png((10, 20, 30)),
+        "2.png": _png((10, 20, 30)),
+        "3.png": b"not an image",
+        "4.png": _png((90, 80, 70)),
+        "5.png": b"x" * 2_000,
+    }
     paths = []
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -95,8 +103,12 @@ def test_identical_posters_are_embedded_once_and_failures_keep_their_reason(tmp_
         calls.append(len(images))
         return _mean_colour(images)
 
-    out = embed_files(paths + [tmp_path / "missing.png"], embed, DecodeConfig(size=16, max_bytes=1_000),
-                      PipelineConfig(batch_size=1, progress=False))
+    out = embed_files(
+        paths + [tmp_path / "missing.png"],
+        embed,
+        DecodeConfig(size=16, max_bytes=1_000),
+        PipelineConfig(batch_size=1, progress=False),
+    )
     assert sum(calls) == 2  # two distinct readable contents
     np.testing.assert_array_equal(out.vectors[0], out.vectors[1])
     assert (out.embedded, out.from_cache) == (3, 0)
@@ -115,21 +127,50 @@ def test_corrupt_cache_file_is_a_build_error_naming_it(tmp_path: Path) -> None:
 
 # --- 7. the id domain -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,expected", [
-    ("862", 862), ("862.0", 862), (" 862 ", 862), ("+7", 7), ("8.620000000000000000e+02", 862), ("1e3", 1000),
-    ("0", 0), ("-0", 0), ("000000000000000000000012", 12), (str(MAX_ITEM_ID), MAX_ITEM_ID), (str(BIG), BIG),
-    (f"{BIG}.000", BIG),
-], ids=lambda v: str(v)[:24])
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("862", 862),
+        ("862.0", 862),
+        (" 862 ", 862),
+        ("+7", 7),
+        ("8.620000000000000000e+02", 862),
+        ("1e3", 1000),
+        ("0", 0),
+        ("-0", 0),
+        ("000000000000000000000012", 12),
+        (str(MAX_ITEM_ID), MAX_ITEM_ID),
+        (str(BIG), BIG),
+        (f"{BIG}.000", BIG),
+    ],
+    ids=lambda v: str(v)[:24],
+)
 def test_id_text_accepted_exactly(text: str, expected: int) -> None:
     assert parse_id_text(text) == (expected, None)
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("", "blank"), ("  ", "blank"), ("-5", "negative"), ("1e20", "above 2**63-1"), (str(2**63), "above 2**63-1"),
-    (str(2**63 + 5), "above 2**63-1"), ("2^63+5", "not an integer"), ("abc", "not an integer"),
-    ("862.5", "not an integer"), ("0x10", "not an integer"), ("1_000", "not an integer"), ("nan", "not an integer"),
-    ("inf", "not an integer"), ("٣", "not an integer"), ("9" * 5000, "characters"),
-], ids=lambda v: str(v)[:24])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("", "blank"),
+        ("  ", "blank"),
+        ("-5", "negative"),
+        ("1e20", "above 2**63-1"),
+        (str(2**63), "above 2**63-1"),
+        (str(2**63 + 5), "above 2**63-1"),
+        ("2^63+5", "not an integer"),
+        ("abc", "not an integer"),
+        ("862.5", "not an integer"),
+        ("0x10", "not an integer"),
+        ("1_000", "not an integer"),
+        ("nan", "not an integer"),
+        ("inf", "not an integer"),
+        ("٣", "not an integer"),
+        ("9" * 5000, "characters"),
+    ],
+    ids=lambda v: str(v)[:24],
+)
 def test_id_text_rejected_with_a_reason(text: str, reason: str) -> None:
     value, why = parse_id_text(text)
     assert value is None and reason in why
@@ -157,20 +198,28 @@ def test_catalog_rejects_ids_outside_the_domain_with_reasons(tmp_path: Path) -> 
     for name in ("1.jpg", f"{BIG}.jpg", "862.jpg", "9.jpg", f"{BIG18}.jpg"):
         (posters / name).write_bytes(b"x")
     (tmp_path / "movies.csv").write_text(
-        "movieId,title\n1,One\n-5,Negative\n1e20,Huge\n" f"{2**63 + 5},Wraps\n2^63+5,Text\n{BIG},Big\n862.0,Float\n"
-        "9,Nine\n" f"{BIG18},Big18\n")
+        "movieId,title\n1,One\n-5,Negative\n1e20,Huge\n"
+        f"{2**63 + 5},Wraps\n2^63+5,Text\n{BIG},Big\n862.0,Float\n"
+        "9,Nine\n"
+        f"{BIG18},Big18\n"
+    )
     (tmp_path / "links.csv").write_text("movieId,imdbId,tmdbId\n1,1,abc\n9,9,-3\n")
     cat = load_catalog(CatalogConfig(posters, tmp_path / "movies.csv", tmp_path / "links.csv"))
     assert cat.items["item_id"].tolist() == [1, 9, 862, BIG18, BIG]
     assert cat.items["poster"].tolist() == ["1.jpg", "9.jpg", "862.jpg", f"{BIG18}.jpg", f"{BIG}.jpg"]
     reasons = [p.reason for p in cat.problems]
-    for raw, why, line in (("'-5'", "negative", 3), ("'1e20'", "above 2**63-1", 4), (f"'{2**63 + 5}'", "above", 5),
-                           ("'2^63+5'", "not an integer", 6)):
+    for raw, why, line in (
+        ("'-5'", "negative", 3),
+        ("'1e20'", "above 2**63-1", 4),
+        (f"'{2**63 + 5}'", "above", 5),
+        ("'2^63+5'", "not an integer", 6),
+    ):
         assert any(r.startswith(f"movieId {raw} is {why}") and f"(line {line})" in r for r in reasons), (raw, reasons)
     assert any("tmdbId 'abc' is not an integer; left blank" in r for r in reasons)
     assert any("tmdbId '-3' is negative" in r for r in reasons)
     assert {p.file for p in cat.problems if "Id '" in p.reason and "left blank" in p.reason} == {
-        str(tmp_path / "links.csv")}
+        str(tmp_path / "links.csv")
+    }
     assert {p.file for p in cat.problems if p.reason.startswith("movieId")} == {str(tmp_path / "movies.csv")}
 
 
@@ -209,8 +258,9 @@ def test_precomputed_ids_outside_the_domain_are_rows_in_problems(tmp_path: Path,
     else:
         embeddings = list(x)
         embeddings[2] = np.array([1.0, 2.0], np.float32)  # ragged: wrong length
-        pd.DataFrame({"item_id": pd.array([BIG, None, 2**62 + 3, 7], dtype="Int64"),
-                      "embedding": embeddings}).to_parquet(tmp_path / "v.parquet")
+        pd.DataFrame(
+            {"item_id": pd.array([BIG, None, 2**62 + 3, 7], dtype="Int64"), "embedding": embeddings}
+        ).to_parquet(tmp_path / "v.parquet")
         config, good, bad = PrecomputedConfig(tmp_path / "v.parquet"), [BIG, 7], [1, 2]
     ids, vectors, problems = load_precomputed(config)
     assert ids.tolist() == good
@@ -219,15 +269,17 @@ def test_precomputed_ids_outside_the_domain_are_rows_in_problems(tmp_path: Path,
     assert len(problems) == len(bad) and all(p.stage == "precomputed" and "row skipped" in p.reason for p in problems)
 
 
-@pytest.mark.parametrize("case,match", [
-    ("text-ids", "ids.txt: no valid item id in 3 rows"),
-    ("binary-ids", "ids.txt: line 1 .* is not UTF-8"),
-    ("string-vectors", "v.npy: vectors expected a numeric array"),
-    ("bool-ids", "ids.npy: item ids expected integers"),
-    ("parquet-string-vectors", "v.parquet: row 0: vector expected a list of numbers"),
-])
-def test_unusable_precomputed_files_are_catalog_errors_naming_the_file(tmp_path: Path, case: str,
-                                                                       match: str) -> None:
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("text-ids", "ids.txt: no valid item id in 3 rows"),
+        ("binary-ids", "ids.txt: line 1 .* is not UTF-8"),
+        ("string-vectors", "v.npy: vectors expected a numeric array"),
+        ("bool-ids", "ids.npy: item ids expected integers"),
+        ("parquet-string-vectors", "v.parquet: row 0: vector expected a list of numbers"),
+    ],
+)
+def test_unusable_precomputed_files_are_catalog_errors_naming_the_file(tmp_path: Path, case: str, match: str) -> None:
     x = _vectors(3)
     np.save(tmp_path / "v.npy", x.astype(str) if case == "string-vectors" else x)
     ids = tmp_path / "ids.txt"
@@ -248,6 +300,7 @@ def test_unusable_precomputed_files_are_catalog_errors_naming_the_file(tmp_path:
 
 
 # --- 8. the restricted .pth reader ------------------------------------------------------------------------------
+
 
 class _Global:
     def __init__(self, module: str, name: str) -> None:
@@ -294,25 +347,39 @@ def _opcodes(obj: object) -> bytes:
         return _opcodes(obj.pid) + pickle.BINPERSID
     if isinstance(obj, _OrderedDict):
         return _opcodes(_Call(_Global("collections", "OrderedDict"), ())) + b"".join(
-            _opcodes(k) + _opcodes(v) + pickle.SETITEM for k, v in obj.items)
+            _opcodes(k) + _opcodes(v) + pickle.SETITEM for k, v in obj.items
+        )
     raise TypeError(obj)
 
 
-def legacy_pth(data: np.ndarray, offset: int, size: tuple, stride: tuple, storage_type: str = "FloatStorage",
-               pid_numel: int | None = None, header_numel: int | None = None) -> bytes:
+def legacy_pth(
+    data: np.ndarray,
+    offset: int,
+    size: tuple,
+    stride: tuple,
+    storage_type: str = "FloatStorage",
+    pid_numel: int | None = None,
+    header_numel: int | None = None,
+) -> bytes:
     """A legacy .pth with one tensor ``w`` viewing one storage holding ``data``."""
     numel = len(data)
-    storage = _PersistentId(("storage", _Global("torch", storage_type), "0", "cpu",
-                             numel if pid_numel is None else pid_numel))
-    tensor = _Call(_Global("torch._utils", "_rebuild_tensor_v2"),
-                   (storage, offset, size, stride, False, _OrderedDict([])))
-    return b"".join([
-        pickle.dumps(LEGACY_MAGIC, protocol=2), pickle.dumps(LEGACY_PROTOCOL, protocol=2),
-        pickle.dumps({"protocol_version": LEGACY_PROTOCOL, "little_endian": True}, protocol=2),
-        pickle.PROTO + b"\x02" + _opcodes(_OrderedDict([("w", tensor)])) + pickle.STOP,
-        pickle.dumps(["0"], protocol=2),
-        struct.pack("<q", numel if header_numel is None else header_numel), data.tobytes(),
-    ])
+    storage = _PersistentId(
+        ("storage", _Global("torch", storage_type), "0", "cpu", numel if pid_numel is None else pid_numel)
+    )
+    tensor = _Call(
+        _Global("torch._utils", "_rebuild_tensor_v2"), (storage, offset, size, stride, False, _OrderedDict([]))
+    )
+    return b"".join(
+        [
+            pickle.dumps(LEGACY_MAGIC, protocol=2),
+            pickle.dumps(LEGACY_PROTOCOL, protocol=2),
+            pickle.dumps({"protocol_version": LEGACY_PROTOCOL, "little_endian": True}, protocol=2),
+            pickle.PROTO + b"\x02" + _opcodes(_OrderedDict([("w", tensor)])) + pickle.STOP,
+            pickle.dumps(["0"], protocol=2),
+            struct.pack("<q", numel if header_numel is None else header_numel),
+            data.tobytes(),
+        ]
+    )
 
 
 def view_oracle(storage: np.ndarray, offset: int, size: tuple, stride: tuple) -> np.ndarray | None:
@@ -344,18 +411,21 @@ def test_a_correct_view_reads_like_numpy(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, np.lib.stride_tricks.as_strided(data[1:], (3, 2, 2), (4, 32, 16)))
 
 
-@pytest.mark.parametrize("offset,size,stride,match", [
-    (0, (4,), (-3,), "non-negative"),  # leaked process memory into the weights
-    (0, (4,), (-10**12,), "non-negative"),  # segfaulted
-    (-1, (2,), (1,), "non-negative"),
-    (0, (3, 4), (4, 1), "more than its storage"),
-    (9, (2,), (1,), "reaches element 10"),
-    (0, (2, 2), (1,), "one stride per dimension"),
-    (0, (2,), (2**70,), "64-bit"),
-    (0, (2,), (1.5,), "64-bit"),
-    (0, (0, 2**40), (1, 1), "sizes expected at most"),
-    (11, (), (), "reaches element 11"),
-])
+@pytest.mark.parametrize(
+    "offset,size,stride,match",
+    [
+        (0, (4,), (-3,), "non-negative"),  # leaked process memory into the weights
+        (0, (4,), (-(10**12),), "non-negative"),  # segfaulted
+        (-1, (2,), (1,), "non-negative"),
+        (0, (3, 4), (4, 1), "more than its storage"),
+        (9, (2,), (1,), "reaches element 10"),
+        (0, (2, 2), (1,), "one stride per dimension"),
+        (0, (2,), (2**70,), "64-bit"),
+        (0, (2,), (1.5,), "64-bit"),
+        (0, (0, 2**40), (1, 1), "sizes expected at most"),
+        (11, (), (), "reaches element 11"),
+    ],
+)
 def test_hostile_views_are_refused(tmp_path: Path, offset: int, size: tuple, stride: tuple, match: str) -> None:
     path = tmp_path / "bad.pth"
     path.write_bytes(legacy_pth(np.arange(10, dtype="<f4"), offset, size, stride))
@@ -363,11 +433,16 @@ def test_hostile_views_are_refused(tmp_path: Path, offset: int, size: tuple, str
         read_legacy_state_dict(path)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"pid_numel": -1}, "element count expected"), ({"pid_numel": 2**62}, "element count expected"),
-    ({"header_numel": 2**62}, "its header says"), ({"header_numel": -5}, "its header says"),
-    ({"storage_type": "ComplexFloatStorage"}, "refusing to load global torch.ComplexFloatStorage"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"pid_numel": -1}, "element count expected"),
+        ({"pid_numel": 2**62}, "element count expected"),
+        ({"header_numel": 2**62}, "its header says"),
+        ({"header_numel": -5}, "its header says"),
+        ({"storage_type": "ComplexFloatStorage"}, "refusing to load global torch.ComplexFloatStorage"),
+    ],
+)
 def test_hostile_storage_headers_are_refused(tmp_path: Path, kw: dict, match: str) -> None:
     path = tmp_path / "bad.pth"
     path.write_bytes(legacy_pth(np.arange(10, dtype="<f4"), 0, (10,), (1,), **kw))
@@ -381,14 +456,27 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 
 @FUZZ
-@given(numel=st.integers(0, 24), offset=_SMALL, ndim=st.integers(0, 3),
-       sizes=st.lists(st.integers(-1, 4), min_size=4, max_size=4),
-       strides=st.lists(st.integers(-2, 12), min_size=4, max_size=4),
-       stride_dims=st.sampled_from([0, 0, 0, -1, 1]), near_end=st.none() | st.integers(-2, 2),
-       edge=st.none() | st.tuples(st.sampled_from(["offset", "size", "stride"]), st.integers(0, 3), _EDGE))
-def test_fuzzed_views_load_like_the_oracle_or_are_refused(tmp_path: Path, numel: int, offset: int, ndim: int,
-                                                          sizes: list[int], strides: list[int], stride_dims: int,
-                                                          near_end: int | None, edge: tuple | None) -> None:
+@given(
+    numel=st.integers(0, 24),
+    offset=_SMALL,
+    ndim=st.integers(0, 3),
+    sizes=st.lists(st.integers(-1, 4), min_size=4, max_size=4),
+    strides=st.lists(st.integers(-2, 12), min_size=4, max_size=4),
+    stride_dims=st.sampled_from([0, 0, 0, -1, 1]),
+    near_end=st.none() | st.integers(-2, 2),
+    edge=st.none() | st.tuples(st.sampled_from(["offset", "size", "stride"]), st.integers(0, 3), _EDGE),
+)
+def test_fuzzed_views_load_like_the_oracle_or_are_refused(
+    tmp_path: Path,
+    numel: int,
+    offset: int,
+    ndim: int,
+    sizes: list[int],
+    strides: list[int],
+    stride_dims: int,
+    near_end: int | None,
+    edge: tuple | None,
+) -> None:
     data = (np.arange(numel, dtype="<f4") + 1) * 1.5
     if edge is not None:  # one extreme value: negative, beyond int64, far past the storage
         where, dim, value = edge
@@ -412,8 +500,10 @@ def test_fuzzed_views_load_like_the_oracle_or_are_refused(tmp_path: Path, numel:
 
 
 @FUZZ
-@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
-       cut=st.none() | st.integers(0, 10**6))
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.none() | st.integers(0, 10**6),
+)
 def test_fuzzed_bytes_load_or_are_refused(tmp_path: Path, flips: list[tuple[int, int]], cut: int | None) -> None:
     raw = bytearray(legacy_pth(np.arange(6, dtype="<f4"), 0, (2, 3), (3, 1)))
     for pos, value in flips:
@@ -430,13 +520,29 @@ def test_fuzzed_bytes_load_or_are_refused(tmp_path: Path, flips: list[tuple[int,
 def test_crafted_weights_end_the_build_with_a_reason_not_a_segfault(tmp_path: Path) -> None:
     """The issue's crash: `posters-index build --weights crafted.pth` exited 139 (SIGSEGV)."""
     crafted = tmp_path / "crafted.pth"
-    crafted.write_bytes(legacy_pth(np.arange(10, dtype="<f4"), 0, (4,), (-10**12,)))
+    crafted.write_bytes(legacy_pth(np.arange(10, dtype="<f4"), 0, (4,), (-(10**12),)))
     posters = tmp_path / "posters"
     posters.mkdir()
     (posters / "1.png").write_bytes(_png((1, 2, 3)))
-    proc = subprocess.run([sys.executable, "-m", "indexer.cli", "build", "--posters", str(posters), "--out",
-                           str(tmp_path / "root"), "--weights", str(crafted), "--quiet"],
-                          cwd=ROOT_DIR, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "indexer.cli",
+            "build",
+            "--posters",
+            str(posters),
+            "--out",
+            str(tmp_path / "root"),
+            "--weights",
+            str(crafted),
+            "--quiet",
+        ],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -444,6 +550,7 @@ def test_crafted_weights_end_the_build_with_a_reason_not_a_segfault(tmp_path: Pa
 
 
 # --- 11. reasons instead of tracebacks ----------------------------------------------------------------------------
+
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     code = cli.main(argv)
@@ -467,23 +574,49 @@ def pre(tmp_path: Path) -> Path:
 
 
 def test_ragged_csv_row_goes_to_failures_csv(pre: Path, capsys: pytest.CaptureFixture) -> None:
-    (pre / "movies.csv").write_text('movieId,title,genres\n1,One,Drama\n2,"Two, The",Drama,EXTRA\n3,Three\n'
-                                    '4,"Four\nlines",Drama,X\n')
-    code, _ = _run(["build", "--embeddings", str(pre / "v.npz"), "--movies", str(pre / "movies.csv"),
-                    "--out", str(pre / "root"), "--quiet", "--neighbours", "0"], capsys)
+    (pre / "movies.csv").write_text(
+        'movieId,title,genres\n1,One,Drama\n2,"Two, The",Drama,EXTRA\n3,Three\n4,"Four\nlines",Drama,X\n'
+    )
+    code, _ = _run(
+        [
+            "build",
+            "--embeddings",
+            str(pre / "v.npz"),
+            "--movies",
+            str(pre / "movies.csv"),
+            "--out",
+            str(pre / "root"),
+            "--quiet",
+            "--neighbours",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0
     failures = bundles.load_failures(bundles.current_path(pre / "root"))
     reasons = failures.loc[failures["file"] == str(pre / "movies.csv"), "reason"].tolist()
-    assert reasons == ["line 3: expected 3 fields (movieId,title,genres), got 4; row skipped",
-                       "line 4: expected 3 fields (movieId,title,genres), got 2; row skipped",
-                       "lines 5-6: expected 3 fields (movieId,title,genres), got 4; row skipped"]
+    assert reasons == [
+        "line 3: expected 3 fields (movieId,title,genres), got 4; row skipped",
+        "line 4: expected 3 fields (movieId,title,genres), got 2; row skipped",
+        "lines 5-6: expected 3 fields (movieId,title,genres), got 4; row skipped",
+    ]
 
 
 def test_latin1_catalog_needs_encoding_and_names_the_line(pre: Path, capsys: pytest.CaptureFixture) -> None:
     data = "movieId,title\n1,One\n2,Amélie (2001)\n".encode("latin-1")
     (pre / "movies.csv").write_bytes(data)
-    argv = ["build", "--embeddings", str(pre / "v.npz"), "--movies", str(pre / "movies.csv"),
-            "--out", str(pre / "root"), "--quiet", "--neighbours", "0"]
+    argv = [
+        "build",
+        "--embeddings",
+        str(pre / "v.npz"),
+        "--movies",
+        str(pre / "movies.csv"),
+        "--out",
+        str(pre / "root"),
+        "--quiet",
+        "--neighbours",
+        "0",
+    ]
     code, err = _run(argv, capsys)
     line = _error_line(err)
     assert code == 2
@@ -497,14 +630,18 @@ def test_latin1_catalog_needs_encoding_and_names_the_line(pre: Path, capsys: pyt
     assert code == 2 and "got 'klingon'" in _error_line(err)
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("pattern", "poster pattern '{tmdbId:s}' cannot format an integer id"),
-    ("text-ids", "ids.txt: no valid item id in 4 rows"),
-    ("string-vectors", "vs.npy: vectors expected a numeric array"),
-    ("no-input", "build needs --posters"),
-])
-def test_fatal_input_problems_end_in_one_line_and_exit_2(pre: Path, capsys: pytest.CaptureFixture, case: str,
-                                                         expected: str) -> None:
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("pattern", "poster pattern '{tmdbId:s}' cannot format an integer id"),
+        ("text-ids", "ids.txt: no valid item id in 4 rows"),
+        ("string-vectors", "vs.npy: vectors expected a numeric array"),
+        ("no-input", "build needs --posters"),
+    ],
+)
+def test_fatal_input_problems_end_in_one_line_and_exit_2(
+    pre: Path, capsys: pytest.CaptureFixture, case: str, expected: str
+) -> None:
     (pre / "movies.csv").write_text("movieId,title\n1,One\n")
     (pre / "ids.txt").write_text("a\nb\nc\nd\n")
     np.save(pre / "vs.npy", _vectors(4).astype(str))
@@ -527,8 +664,21 @@ def test_twenty_digit_file_name_is_a_failure_row_not_a_crash(tmp_path: Path, cap
     posters.mkdir()
     (posters / "12345678901234567890.png").write_bytes(_png((1, 2, 3)))
     (posters / "5.png").write_bytes(_png((200, 100, 0)))
-    code, _ = _run(["build", "--posters", str(posters), "--out", str(tmp_path / "root"), "--weights", "none",
-                    "--quiet", "--neighbours", "0"], capsys)
+    code, _ = _run(
+        [
+            "build",
+            "--posters",
+            str(posters),
+            "--out",
+            str(tmp_path / "root"),
+            "--weights",
+            "none",
+            "--quiet",
+            "--neighbours",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0
     path = bundles.current_path(tmp_path / "root")
     assert bundles.load_bundle(path).items["item_id"].tolist() == [5]
@@ -540,14 +690,16 @@ def test_unwritable_index_root_is_one_line(pre: Path, capsys: pytest.CaptureFixt
     """Tests run as root, which ignores permission bits, so a read-only root is stood in for by a path that
     cannot be created for real: --out below a regular file (ENOTDIR, like EROFS/EACCES an OSError)."""
     (pre / "file").write_text("x")
-    code, err = _run(["build", "--embeddings", str(pre / "v.npz"), "--out", str(pre / "file" / "root"), "--quiet"],
-                     capsys)
+    code, err = _run(
+        ["build", "--embeddings", str(pre / "v.npz"), "--out", str(pre / "file" / "root"), "--quiet"], capsys
+    )
     assert code == 2
     assert str(pre / "file") in _error_line(err)
 
 
-def test_disk_full_is_mapped_to_one_line_and_exit_2(pre: Path, capsys: pytest.CaptureFixture,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_is_mapped_to_one_line_and_exit_2(
+    pre: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only the CLI's mapping of OSError(ENOSPC) is covered here (the bundle writer is tested by its owner)."""
     import indexer.build
 
@@ -565,8 +717,9 @@ def test_disk_full_is_mapped_to_one_line_and_exit_2(pre: Path, capsys: pytest.Ca
     assert code == 2 and "Traceback" in capsys.readouterr().err  # -v shows where it came from
 
 
-def test_interrupt_exits_130_without_traceback(pre: Path, capsys: pytest.CaptureFixture,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_exits_130_without_traceback(
+    pre: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import indexer.build
 
     def interrupted(*_: object, **__: object) -> None:
@@ -579,9 +732,12 @@ def test_interrupt_exits_130_without_traceback(pre: Path, capsys: pytest.Capture
 
 # --- 12. normalization of huge values ---------------------------------------------------------------------------
 
+
 def test_normalize_rows_near_the_float32_limits() -> None:
-    x = np.array([[3e38, 3e38, 1.0], [-3e38, 0, 0], [1e-40, 1e-40, 0], [3, 4, 0], [0, 0, 0], [np.nan, 1, 1],
-                  [np.inf, 0, 0]], np.float32)
+    x = np.array(
+        [[3e38, 3e38, 1.0], [-3e38, 0, 0], [1e-40, 1e-40, 0], [3, 4, 0], [0, 0, 0], [np.nan, 1, 1], [np.inf, 0, 0]],
+        np.float32,
+    )
     out, ok = normalize(x)
     assert ok.tolist() == [True, True, True, True, False, False, False]
     exact = x[:4].astype(np.float64)

@@ -1,8 +1,8 @@
 """Issue #8 regressions on the serving side: a watcher nothing kills, work that stops when nobody waits,
 admission control, health under load, bundle identity by content, auth that fails closed, start-up checks."""
+
 from __future__ import annotations
 
-import concurrent.futures as cf
 import datetime as dt
 import io
 import json
@@ -13,8 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import numpy as np
@@ -56,8 +56,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 def _vectors_root(folder: Path, dim: int = 16, n: int = 200, seed: int = 1) -> Path:
     np.savez(folder / f"v{dim}-{seed}.npz", ids=np.arange(n) + 10, vectors=clustered_vectors(n, dim, seed=seed))
     root = folder / "root"
-    build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(folder / f"v{dim}-{seed}.npz"),
-                      index=IndexSpec(kind="flat"), pipeline=QUIET, neighbours_k=5))
+    build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(folder / f"v{dim}-{seed}.npz"),
+            index=IndexSpec(kind="flat"),
+            pipeline=QUIET,
+            neighbours_k=5,
+        )
+    )
     return root
 
 
@@ -71,6 +78,7 @@ def _republish(root: Path, source_build: str, new_id: str) -> None:
 
 
 # ---- item 1: a non-UTF-8 CURRENT must not kill hot reload ------------------------------------------
+
 
 def test_bad_current_is_counted_and_the_watcher_keeps_reloading(tmp_path: Path) -> None:
     root = _vectors_root(tmp_path)
@@ -136,9 +144,24 @@ def test_server_starts_not_serving_on_a_bad_current_then_serves_after_sighup(tmp
     good = bundles.read_current(root)
     (root / "CURRENT").write_bytes(b"\xff\xfe")
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--index", str(root), "--port", "0",
-                             "--port-file", str(port_file), "--no-image-search"], cwd=ROOT_DIR,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "--index",
+            str(root),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--no-image-search",
+        ],
+        cwd=ROOT_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: port_file.exists() or proc.poll() is not None, 60, "the server to listen")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -154,6 +177,7 @@ def test_server_starts_not_serving_on_a_bad_current_then_serves_after_sighup(tmp
 
 
 # ---- item 9: identity by content, not by directory name --------------------------------------------
+
 
 def test_copied_bundle_is_refused_and_roll_back_is_honoured(tmp_path: Path) -> None:
     root = _vectors_root(tmp_path)
@@ -184,6 +208,7 @@ def test_copied_bundle_is_refused_and_roll_back_is_honoured(tmp_path: Path) -> N
 
 # ---- item 12: a reload that changes the model or the dimension --------------------------------------
 
+
 def test_model_or_dimension_change_is_reported_and_can_be_refused(tmp_path: Path) -> None:
     root = _vectors_root(tmp_path, dim=16)
     first = bundles.read_current(root)
@@ -191,8 +216,15 @@ def test_model_or_dimension_change_is_reported_and_can_be_refused(tmp_path: Path
     strict = BundleManager(root, image_search=False, poll_interval=3600, require_same_model=True)
     lenient = BundleManager(root, image_search=False, poll_interval=3600)
     assert strict.reload() and lenient.reload()
-    build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v32.npz"),
-                      index=IndexSpec(kind="flat"), pipeline=QUIET, neighbours_k=0))
+    build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(tmp_path / "v32.npz"),
+            index=IndexSpec(kind="flat"),
+            pipeline=QUIET,
+            neighbours_k=0,
+        )
+    )
     assert not strict.reload() and "require-same-model" in strict.status().last_error
     assert strict.current.version == first
     assert lenient.reload() and lenient.current.dim == 32
@@ -201,6 +233,7 @@ def test_model_or_dimension_change_is_reported_and_can_be_refused(tmp_path: Path
 
 
 # ---- item 2: cancelled work stops; admission control; health answered under a flood -------------------
+
 
 def _huge_one_bit_png(side: int = 6300) -> bytes:
     buf = io.BytesIO()
@@ -222,8 +255,10 @@ def test_cancelled_flood_stops_and_health_and_queries_stay_fast(demo_root: Path)
         latencies = []
         for _ in range(5):  # while the flood runs: health and an item query answer within 1 s
             started = time.perf_counter()
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
             served.client.similar(1, SearchOptions(k=5))
             latencies.append(time.perf_counter() - started)
         for f in flood:
@@ -278,14 +313,12 @@ def test_call_guard_and_gate_units() -> None:
     worker = threading.Thread(target=hold)
     worker.start()
     assert inside.wait(10)
-    with pytest.raises(ResourceExhausted, match="no free permit"):
-        with gate.permit(CallGuard(time_remaining=lambda: 0.2)):
-            pass
+    with pytest.raises(ResourceExhausted, match="no free permit"), gate.permit(CallGuard(time_remaining=lambda: 0.2)):
+        pass
     active = [True]
     threading.Timer(0.1, lambda: active.__setitem__(0, False)).start()
-    with pytest.raises(Cancelled):  # a waiting call that is cancelled stops waiting
-        with gate.permit(CallGuard(is_active=lambda: active[0])):
-            pass
+    with pytest.raises(Cancelled), gate.permit(CallGuard(is_active=lambda: active[0])):  # a waiting call stops
+        pass
     release.set()
     worker.join()
     assert gate.started == 1
@@ -293,12 +326,18 @@ def test_call_guard_and_gate_units() -> None:
 
 # ---- item 6: auth fails closed ------------------------------------------------------------------------
 
+
 def test_empty_token_sources_refuse_to_start(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("  \n")
     for extra, env in ((["--token-file", str(tmp_path / "token")], {}), ([], {"POSTERS_TOKEN": " "})):
-        out = subprocess.run([sys.executable, "-m", "server.cli", "--index", str(tmp_path), "--no-image-search",
-                              *extra], capture_output=True, text=True, cwd=ROOT_DIR, timeout=120,
-                             env={**os.environ, **env})
+        out = subprocess.run(
+            [sys.executable, "-m", "server.cli", "--index", str(tmp_path), "--no-image-search", *extra],
+            capture_output=True,
+            text=True,
+            cwd=ROOT_DIR,
+            timeout=120,
+            env={**os.environ, **env},
+        )
         assert out.returncode == 2 and "empty" in out.stderr and "Traceback" not in out.stderr, out.stderr
     with pytest.raises(ValueError, match="non-empty"):
         ServiceInterceptor("posters.v1.PosterSimilarity", token=" ")
@@ -312,11 +351,15 @@ def test_bearer_scheme_is_case_insensitive_and_duplicates_are_refused(tmp_path: 
         req = pb.GetIndexInfoRequest()
         assert stub.GetIndexInfo(req, metadata=(("authorization", "bearer s3cret"),)).item_count == 200
         assert stub.GetIndexInfo(req, metadata=(("authorization", "BEARER  s3cret "),)).item_count == 200
-        for metadata, message in (((("authorization", "Bearer s3cret"), ("authorization", "Bearer s3cret")),
-                                   "expected one authorization header, got 2"),
-                                  ((("authorization", "Basic s3cret"),), "scheme 'Basic'"),
-                                  ((("authorization", "Bearer wrong"),), "different token"),
-                                  ((), "got none")):
+        for metadata, message in (
+            (
+                (("authorization", "Bearer s3cret"), ("authorization", "Bearer s3cret")),
+                "expected one authorization header, got 2",
+            ),
+            ((("authorization", "Basic s3cret"),), "scheme 'Basic'"),
+            ((("authorization", "Bearer wrong"),), "different token"),
+            ((), "got none"),
+        ):
             with pytest.raises(grpc.RpcError) as err:
                 stub.GetIndexInfo(req, metadata=metadata)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and message in err.value.details()
@@ -325,9 +368,15 @@ def test_bearer_scheme_is_case_insensitive_and_duplicates_are_refused(tmp_path: 
 
 # ---- item 12: start-up mistakes give one line and exit 2; --grace bounds shutdown -----------------------
 
+
 def _serve_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", "--no-image-search", *args], capture_output=True,
-                          text=True, cwd=ROOT_DIR, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "--no-image-search", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT_DIR,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("flag", ["--poll", "--workers", "--grace", "--max-k"])
@@ -338,25 +387,42 @@ def test_non_positive_settings_are_usage_errors(tmp_path: Path, flag: str) -> No
 
 def test_bad_or_expired_tls_files_are_named(tmp_path: Path) -> None:
     pki = self_signed_pki(tmp_path / "pki")
-    out = _serve_cli("--index", str(tmp_path), "--tls-cert", str(pki["server_cert"]), "--tls-key",
-                     str(pki["client_key"]))
+    out = _serve_cli(
+        "--index", str(tmp_path), "--tls-cert", str(pki["server_cert"]), "--tls-key", str(pki["client_key"])
+    )
     assert out.returncode == 2 and "does not match" in out.stderr and "Traceback" not in out.stderr
     (tmp_path / "junk.pem").write_text("not a certificate")
-    out = _serve_cli("--index", str(tmp_path), "--tls-cert", str(tmp_path / "junk.pem"), "--tls-key",
-                     str(pki["server_key"]))
+    out = _serve_cli(
+        "--index", str(tmp_path), "--tls-cert", str(tmp_path / "junk.pem"), "--tls-key", str(pki["server_key"])
+    )
     assert out.returncode == 2 and "junk.pem is not a PEM certificate" in out.stderr
     from server.tls import TlsError, check_server_files
 
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)  # the test certificates last one day
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)  # the test certificates last one day
     with pytest.raises(TlsError, match="expired on"):
         check_server_files(pki["server_cert"], pki["server_key"], now=later)
 
 
 def test_grace_bounds_shutdown_while_work_runs(demo_root: Path, tmp_path: Path) -> None:
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--index", str(demo_root), "--port", "0",
-                             "--port-file", str(port_file), "--grace", "1"], cwd=ROOT_DIR,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "--index",
+            str(demo_root),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--grace",
+            "1",
+        ],
+        cwd=ROOT_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: port_file.exists() or proc.poll() is not None, 120, "the server to listen")
         target = f"127.0.0.1:{port_file.read_text().strip()}"
@@ -365,8 +431,9 @@ def test_grace_bounds_shutdown_while_work_runs(demo_root: Path, tmp_path: Path) 
             wait_until(lambda: client.info()["image_search"], 120, "image search")
         channel = grpc.insecure_channel(target)
         stub = pb_grpc.PosterSimilarityStub(channel)
-        batch = pb.BatchSearchRequest(queries=[pb.Query(image=pb.SearchByImageRequest(
-            image=_huge_one_bit_png()))] * 200)
+        batch = pb.BatchSearchRequest(
+            queries=[pb.Query(image=pb.SearchByImageRequest(image=_huge_one_bit_png()))] * 200
+        )
         futures = [stub.BatchSearch.future(batch) for _ in range(2)]  # ~minutes of work, no deadline
         wait_until(lambda: not all(f.running() is False for f in futures), 10, "the batches to be sent")
         started = time.monotonic()
@@ -384,6 +451,7 @@ def test_grace_bounds_shutdown_while_work_runs(demo_root: Path, tmp_path: Path) 
 
 # ---- item 12: huge values do not overflow the normalization --------------------------------------------
 
+
 def test_huge_vector_and_weights_normalize_in_float64(tmp_path: Path) -> None:
     root = _vectors_root(tmp_path)
     s = Searcher(bundles.load_bundle(bundles.current_path(root)))
@@ -396,3 +464,23 @@ def test_huge_vector_and_weights_normalize_in_float64(tmp_path: Path) -> None:
     liked = s.similar_to_items([(13, 3e38), (14, 3e38)], options=SearchOptions(k=3))
     plain = s.similar_to_items([(13, 1.0), (14, 1.0)], options=SearchOptions(k=3))
     assert [h.item.item_id for h in liked.hits] == [h.item.item_id for h in plain.hits]
+
+
+# ---- item 7: the id domain on the request side ------------------------------------------------------------
+
+
+def test_negative_ids_in_requests_are_invalid_not_silently_dropped(tmp_path: Path) -> None:
+    root = _vectors_root(tmp_path)
+    s = Searcher(bundles.load_bundle(bundles.current_path(root)))
+    from server.errors import InvalidArgument
+
+    for call in (
+        lambda: s.similar_to_item(-5),
+        lambda: s.get_items([10, -1]),
+        lambda: s.similar_to_items([(-3, 1.0)]),
+        lambda: s.search_vector(np.ones(16), SearchOptions(candidate_ids=(10, -7))),
+    ):
+        with pytest.raises(InvalidArgument, match="expected a non-negative int64, got -"):
+            call()
+    # k results come back in full (no id is mistaken for FAISS's -1 padding)
+    assert len(s.similar_to_item(10, SearchOptions(k=50)).hits) == 50

@@ -1,4 +1,5 @@
 """The index root on disk: file names, build ids, ``CURRENT``, the build lock, durable writes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,9 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from indexer.errors import BuildError, BundleError
 
@@ -34,7 +36,7 @@ MAX_CURRENT_BYTES = 4096
 
 
 def new_build_id(now: dt.datetime | None = None) -> str:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return f"{now:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(3)}"  # sortable: prune keeps the newest
 
 
@@ -118,8 +120,9 @@ def prune(root: Path, keep: int) -> list[str]:
 
 def check_build_id(build_id: str, where: str) -> str:
     if not BUILD_ID_PATTERN.match(build_id):
-        raise BundleError(f"{where} is corrupt: expected a build id (letters, digits, '._:+-', at most 128), "
-                          f"got {build_id[:60]!r}")
+        raise BundleError(
+            f"{where} is corrupt: expected a build id (letters, digits, '._:+-', at most 128), got {build_id[:60]!r}"
+        )
     return build_id
 
 
@@ -140,8 +143,9 @@ def read_current(root: Path, missing_ok: bool = False) -> str | None:
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
-        raise BundleError(f"{path} is corrupt: expected a UTF-8 build id, got bytes {raw[:16]!r} ({exc.reason})"
-                          ) from None
+        raise BundleError(
+            f"{path} is corrupt: expected a UTF-8 build id, got bytes {raw[:16]!r} ({exc.reason})"
+        ) from None
     return check_build_id(text, str(path))
 
 

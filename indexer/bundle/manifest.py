@@ -13,6 +13,7 @@ Format history (``format_version``):
 - 2: typed manifest; ``index.recall`` with ``recall_k`` and ``recall_queries``
   (how the recall was measured). Format-1 bundles are read and converted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,6 +91,7 @@ class Manifest(_Frozen):
     neighbours: NeighboursInfo = NeighboursInfo()
     item_count: int = Field(ge=0)
     failure_count: int = Field(ge=0)
+    near_duplicate_pairs: int | None = None  # pairs above the near-duplicate cosine (None: not checked)
     files: dict[str, FileEntry] = Field(default_factory=dict)
     source: dict[str, dict[str, str] | None] = Field(default_factory=dict)
     embedding_counts: dict[str, int] = Field(default_factory=dict)
@@ -120,8 +122,10 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
         raise BundleError(f"{where} is corrupt: expected a JSON object, got {type(data).__name__}")
     version = data.get("format_version")
     if not isinstance(version, int) or not OLDEST_READABLE_FORMAT <= version <= FORMAT_VERSION:
-        raise BundleError(f"{where}: format_version expected {OLDEST_READABLE_FORMAT}..{FORMAT_VERSION}, "
-                          f"got {version!r} (a newer posters-index wrote it? upgrade this server)")
+        raise BundleError(
+            f"{where}: format_version expected {OLDEST_READABLE_FORMAT}..{FORMAT_VERSION}, "
+            f"got {version!r} (a newer posters-index wrote it? upgrade this server)"
+        )
     if version == 1:
         data = _upgrade_v1(data)
     try:

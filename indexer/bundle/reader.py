@@ -9,6 +9,7 @@ unique and non-negative; the neighbour table has the right dtype and shape and
 holds only item ids. ``posters-index info`` reports the same problems. Nothing is
 unpickled: JSON, CSV, ``.npy`` with ``allow_pickle=False`` and FAISS's format only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,17 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from indexer.bundle.layout import (FAILURES_FILE, INDEX_FILE, ITEMS_FILE, MANIFEST, NEIGHBOUR_FILES, NEIGHBOUR_IDS,
-                                   NEIGHBOUR_SCORES, REQUIRED_FILES, STAGING_PREFIX)
+from indexer.bundle.layout import (
+    FAILURES_FILE,
+    INDEX_FILE,
+    ITEMS_FILE,
+    MANIFEST,
+    NEIGHBOUR_FILES,
+    NEIGHBOUR_IDS,
+    NEIGHBOUR_SCORES,
+    REQUIRED_FILES,
+    STAGING_PREFIX,
+)
 from indexer.bundle.manifest import Manifest, manifest_digest, parse_manifest
 from indexer.errors import BundleError
 from indexer.hashing import file_sha256
@@ -71,22 +81,25 @@ def bundle_digest(bundle_dir: Path) -> str:
 
 def _expected_build_id(bundle_dir: Path) -> str:
     name = bundle_dir.name
-    return name[len(STAGING_PREFIX):] if name.startswith(STAGING_PREFIX) else name
+    return name[len(STAGING_PREFIX) :] if name.startswith(STAGING_PREFIX) else name
 
 
 def _listing_problems(bundle_dir: Path, manifest: Manifest) -> list[str]:
     problems = []
     expected = _expected_build_id(bundle_dir)
     if manifest.build_id != expected:
-        problems.append(f"{bundle_dir / MANIFEST}: build_id is {manifest.build_id!r} but the bundle lives in "
-                        f"directory {bundle_dir.name!r} (a copied or renamed bundle: rebuild or restore it)")
+        problems.append(
+            f"{bundle_dir / MANIFEST}: build_id is {manifest.build_id!r} but the bundle lives in "
+            f"directory {bundle_dir.name!r} (a copied or renamed bundle: rebuild or restore it)"
+        )
     wanted = REQUIRED_FILES + (NEIGHBOUR_FILES if manifest.neighbours.k else ())
     for name in wanted:
         if name not in manifest.files:
             problems.append(f"{bundle_dir / MANIFEST}: required file {name} has no checksum entry")
     if not manifest.neighbours.k:
-        problems += [f"{bundle_dir / MANIFEST}: lists {n} but neighbours.k is 0" for n in NEIGHBOUR_FILES
-                     if n in manifest.files]
+        problems += [
+            f"{bundle_dir / MANIFEST}: lists {n} but neighbours.k is 0" for n in NEIGHBOUR_FILES if n in manifest.files
+        ]
     return problems
 
 
@@ -115,28 +128,31 @@ def _read_index(path: Path, manifest: Manifest) -> faiss.Index:
     except RuntimeError as exc:
         raise BundleError(f"{path} is not a readable FAISS index: {str(exc).splitlines()[0]}") from exc
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise BundleError(f"{path}: metric expected inner product (cosine over L2-normalized vectors), "
-                          f"got FAISS metric {index.metric_type}")
+        raise BundleError(
+            f"{path}: metric expected inner product (cosine over L2-normalized vectors), "
+            f"got FAISS metric {index.metric_type}"
+        )
     if index.d != manifest.dim or index.ntotal != manifest.item_count:
-        raise BundleError(f"{path}: expected dim {manifest.dim} and {manifest.item_count} vectors, "
-                          f"got dim {index.d} and {index.ntotal}")
+        raise BundleError(
+            f"{path}: expected dim {manifest.dim} and {manifest.item_count} vectors, "
+            f"got dim {index.d} and {index.ntotal}"
+        )
     is_ivf = faiss.try_extract_index_ivf(index) is not None and not isinstance(index, faiss.IndexIDMap)
     if is_ivf == (manifest.index.type in INDEX_TYPES_EXACT):
-        raise BundleError(f"{path}: index type expected {manifest.index.type!r} (manifest), "
-                          f"got {type(index).__name__}")
+        raise BundleError(f"{path}: index type expected {manifest.index.type!r} (manifest), got {type(index).__name__}")
     return index
 
 
 def _read_items(path: Path, manifest: Manifest) -> pd.DataFrame:
     try:
-        items = pd.read_csv(path, dtype=ITEM_DTYPES, keep_default_na=False,
-                            na_values={"imdb_id": [""], "tmdb_id": [""]})
+        items = pd.read_csv(
+            path, dtype=ITEM_DTYPES, keep_default_na=False, na_values={"imdb_id": [""], "tmdb_id": [""]}
+        )
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise BundleError(f"{path} is corrupt: {exc}") from exc
     count = manifest.item_count
     if len(items) != count or items["item_id"].duplicated().any():
-        raise BundleError(f"{path}: expected {count} unique item ids, got {items['item_id'].nunique()} "
-                          f"of {len(items)}")
+        raise BundleError(f"{path}: expected {count} unique item ids, got {items['item_id'].nunique()} of {len(items)}")
     if (items["item_id"] < 0).any():
         raise BundleError(f"{path}: item ids expected non-negative, got {int(items['item_id'].min())}")
     return items
@@ -166,8 +182,9 @@ def _check_index_ids(index: faiss.Index, items: pd.DataFrame, path: Path) -> Non
     if len(ids) != len(expected) or not np.array_equal(np.sort(ids), np.sort(expected)):
         stray = np.setdiff1d(ids, expected)[:5].tolist()
         absent = np.setdiff1d(expected, ids)[:5].tolist()
-        raise BundleError(f"{path}: index ids differ from {ITEMS_FILE}: in the index only {stray}, "
-                          f"in {ITEMS_FILE} only {absent}")
+        raise BundleError(
+            f"{path}: index ids differ from {ITEMS_FILE}: in the index only {stray}, in {ITEMS_FILE} only {absent}"
+        )
 
 
 def _read_neighbours(bundle_dir: Path, manifest: Manifest, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +195,10 @@ def _read_neighbours(bundle_dir: Path, manifest: Manifest, items: pd.DataFrame) 
         raise BundleError(f"{bundle_dir / NEIGHBOUR_IDS}: unreadable neighbour table: {exc}") from exc
     shape = (manifest.item_count, manifest.neighbours.k)
     if nids.dtype != np.int64 or nscores.dtype != np.float32 or nids.shape != shape or nscores.shape != shape:
-        raise BundleError(f"{bundle_dir}: neighbour table expected int64 ids and float32 scores of shape {shape}, "
-                          f"got {nids.dtype}{nids.shape} and {nscores.dtype}{nscores.shape}")
+        raise BundleError(
+            f"{bundle_dir}: neighbour table expected int64 ids and float32 scores of shape {shape}, "
+            f"got {nids.dtype}{nids.shape} and {nscores.dtype}{nscores.shape}"
+        )
     item_ids = items["item_id"].to_numpy(np.int64)
     unknown = np.setdiff1d(nids, item_ids)
     if len(unknown):

@@ -6,6 +6,7 @@ index is streamed through a Python callback writer, and the staged bundle is re-
 verified completely (``load_bundle``) *before* the rename that publishes it. A build that
 fails at any point leaves ``CURRENT`` on the previous, complete bundle.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,20 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from indexer.bundle.layout import (BUILDS, CURRENT, FAILURES_FILE, INDEX_FILE, ITEMS_FILE, MANIFEST, NEIGHBOUR_IDS,
-                                   NEIGHBOUR_SCORES, STAGING_PREFIX, durable_file, fsync_dir, write_current)
+from indexer.bundle.layout import (
+    BUILDS,
+    CURRENT,
+    FAILURES_FILE,
+    INDEX_FILE,
+    ITEMS_FILE,
+    MANIFEST,
+    NEIGHBOUR_IDS,
+    NEIGHBOUR_SCORES,
+    STAGING_PREFIX,
+    durable_file,
+    fsync_dir,
+    write_current,
+)
 from indexer.bundle.manifest import FileEntry, Manifest
 from indexer.bundle.reader import Bundle, load_bundle
 from indexer.catalog import ITEM_COLUMNS, Problem
@@ -80,8 +93,9 @@ def _write_npy(array: np.ndarray, path: Path) -> None:
 def _write_files(staging: Path, contents: BundleContents) -> list[str]:
     _write_index(contents.index, staging / INDEX_FILE)
     _write_csv(_items_for_csv(contents.items), staging / ITEMS_FILE)
-    failures = pd.DataFrame([(p.item_id, p.file, p.stage, p.reason) for p in contents.failures],
-                            columns=list(FAILURE_COLUMNS)).astype({"item_id": "Int64"})
+    failures = pd.DataFrame(
+        [(p.item_id, p.file, p.stage, p.reason) for p in contents.failures], columns=list(FAILURE_COLUMNS)
+    ).astype({"item_id": "Int64"})
     _write_csv(failures, staging / FAILURES_FILE)
     names = [INDEX_FILE, ITEMS_FILE, FAILURES_FILE]
     if contents.neighbour_ids is not None and contents.neighbour_scores is not None:
@@ -103,12 +117,15 @@ def write_staging(root: Path, contents: BundleContents) -> Bundle:
     try:
         staging.mkdir(parents=True)
         names = _write_files(staging, contents)
-        manifest = contents.manifest.model_copy(update={
-            "item_count": int(contents.index.ntotal),
-            "failure_count": len(contents.failures),
-            "files": {n: FileEntry(sha256=file_sha256(staging / n), bytes=(staging / n).stat().st_size)
-                      for n in names},
-        })
+        manifest = contents.manifest.model_copy(
+            update={
+                "item_count": int(contents.index.ntotal),
+                "failure_count": len(contents.failures),
+                "files": {
+                    n: FileEntry(sha256=file_sha256(staging / n), bytes=(staging / n).stat().st_size) for n in names
+                },
+            }
+        )
         tmp = staging / (MANIFEST + ".tmp")
         with durable_file(tmp) as fh:
             fh.write(manifest.to_json().encode("utf-8"))
@@ -116,8 +133,9 @@ def write_staging(root: Path, contents: BundleContents) -> Bundle:
         fsync_dir(staging)
     except OSError as exc:
         where = exc.filename or staging
-        raise BuildError(f"cannot write bundle {build_id}: {exc.strerror or exc} ({where}); "
-                         f"{root / CURRENT} unchanged") from exc
+        raise BuildError(
+            f"cannot write bundle {build_id}: {exc.strerror or exc} ({where}); {root / CURRENT} unchanged"
+        ) from exc
     try:
         staged = load_bundle(staging, verify=True)
     except BundleError as exc:

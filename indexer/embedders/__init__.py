@@ -1,5 +1,6 @@
 """Named CNN backbones turning a batch of decoded posters into embedding vectors."""
-from indexer.embedders.embedder import Embedder, EmbedderSpec, POOLINGS, WEIGHTS_IMAGENET, WEIGHTS_NONE
+
+from indexer.embedders.embedder import POOLINGS, WEIGHTS_IMAGENET, WEIGHTS_NONE, Embedder, EmbedderSpec
 from indexer.embedders.registry import BACKBONES, backbone_names
 
 __all__ = [

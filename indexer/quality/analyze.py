@@ -4,6 +4,7 @@ k-means (faiss.Kmeans, seeded) over a range of k with inertia and sampled silhou
 explained-variance curve, the genre composition of each cluster at the chosen k (the best silhouette
 unless given) and one contact sheet per cluster of its posters nearest the centroid.
 """
+
 from __future__ import annotations
 
 import logging
@@ -118,10 +119,16 @@ def analyze(config: AnalyzeConfig) -> dict[str, Any]:
         order = np.argsort(d, kind="stable")[: config.sheet_posters]
         nearest = members[order]
         top = [vocabulary[g] for g in np.argsort(-shares[c], kind="stable")[:TOP_GENRES] if shares[c, g] > 0]
-        clusters.append({"cluster": c, "size": int(len(members)), "top_genres": top,
-                         "genre_share": {vocabulary[g]: float(shares[c, g]) for g in range(len(vocabulary))},
-                         "genre_lift": {vocabulary[g]: float(lift[c, g]) for g in range(len(vocabulary))},
-                         "nearest_centroid": ids[nearest].tolist()})
+        clusters.append(
+            {
+                "cluster": c,
+                "size": int(len(members)),
+                "top_genres": top,
+                "genre_share": {vocabulary[g]: float(shares[c, g]) for g in range(len(vocabulary))},
+                "genre_lift": {vocabulary[g]: float(lift[c, g]) for g in range(len(vocabulary))},
+                "nearest_centroid": ids[nearest].tolist(),
+            }
+        )
         tiles = []
         for r, d2 in zip(nearest, d[order], strict=True):
             poster = str(bundle.items["poster"].iat[r])
@@ -133,22 +140,27 @@ def analyze(config: AnalyzeConfig) -> dict[str, Any]:
             render_sheet(tiles, SHEET_COLUMNS).save(out / name)
             files[f"cluster_{c:02d}"] = name
     if config.charts:
-        files["kmeans_chart"] = charts.kmeans_chart([c["k"] for c in curve], [c["inertia"] for c in curve],
-                                                    [c["silhouette"] for c in curve], out / "kmeans.png")
+        files["kmeans_chart"] = charts.kmeans_chart(
+            [c["k"] for c in curve], [c["inertia"] for c in curve], [c["silhouette"] for c in curve], out / "kmeans.png"
+        )
         files["pca_chart"] = charts.pca_chart(ratio, out / "pca.png")
         if vocabulary:
-            files["composition_chart"] = charts.composition_chart(shares, vocabulary,
-                                                                  [c["size"] for c in clusters],
-                                                                  out / "genre_composition.png")
+            files["composition_chart"] = charts.composition_chart(
+                shares, vocabulary, [c["size"] for c in clusters], out / "genre_composition.png"
+            )
     result = {
         "tool": "posters-index analyze",
         "bundle": asdict(facts),
         "config": asdict(config),
         "metrics": {
-            "kmeans": curve, "chosen_k": chosen,
+            "kmeans": curve,
+            "chosen_k": chosen,
             "chosen_by": "given" if config.k is not None else "best sampled silhouette",
-            "pca": {"explained_variance_ratio": ratio.tolist(), "rows": int(len(pca_rows)),
-                    **{f"components_for_{int(s * 100)}pct": metrics.components_for(ratio, s) for s in PCA_SHARES}},
+            "pca": {
+                "explained_variance_ratio": ratio.tolist(),
+                "rows": int(len(pca_rows)),
+                **{f"components_for_{int(s * 100)}pct": metrics.components_for(ratio, s) for s in PCA_SHARES},
+            },
             "clusters": clusters,
         },
         "timings": {"seconds": time.perf_counter() - t0},
@@ -164,16 +176,36 @@ def analyze(config: AnalyzeConfig) -> dict[str, Any]:
 def analysis_markdown(result: dict[str, Any]) -> str:
     m = result["metrics"]
     pca = m["pca"]
-    lines = [f"# Embedding-space analysis of bundle {result['bundle']['build_id']}", "",
-             "## k-means (faiss.Kmeans) and sampled silhouette", "",
-             md_table(["k", "inertia", "silhouette"], [[c["k"], c["inertia"], c["silhouette"]] for c in m["kmeans"]]),
-             "", f"Chosen k = {m['chosen_k']} ({m['chosen_by']}).", "", "![k-means](kmeans.png)", "",
-             "## PCA", "", "Components needed for a share of the variance: "
-             + ", ".join(f"{int(s * 100)} %: {pca[f'components_for_{int(s * 100)}pct']}" for s in PCA_SHARES)
-             + f" (of the first {len(pca['explained_variance_ratio'])}, on {pca['rows']} rows).", "",
-             "![pca](pca.png)", "", "## Clusters", "",
-             md_table(["cluster", "size", "top genres", "sheet"],
-                      [[c["cluster"], c["size"], ", ".join(c["top_genres"]),
-                        f"clusters/cluster_{c['cluster']:02d}.png"] for c in m["clusters"]]),
-             "", "![genre composition](genre_composition.png)", ""]
+    lines = [
+        f"# Embedding-space analysis of bundle {result['bundle']['build_id']}",
+        "",
+        "## k-means (faiss.Kmeans) and sampled silhouette",
+        "",
+        md_table(["k", "inertia", "silhouette"], [[c["k"], c["inertia"], c["silhouette"]] for c in m["kmeans"]]),
+        "",
+        f"Chosen k = {m['chosen_k']} ({m['chosen_by']}).",
+        "",
+        "![k-means](kmeans.png)",
+        "",
+        "## PCA",
+        "",
+        "Components needed for a share of the variance: "
+        + ", ".join(f"{int(s * 100)} %: {pca[f'components_for_{int(s * 100)}pct']}" for s in PCA_SHARES)
+        + f" (of the first {len(pca['explained_variance_ratio'])}, on {pca['rows']} rows).",
+        "",
+        "![pca](pca.png)",
+        "",
+        "## Clusters",
+        "",
+        md_table(
+            ["cluster", "size", "top genres", "sheet"],
+            [
+                [c["cluster"], c["size"], ", ".join(c["top_genres"]), f"clusters/cluster_{c['cluster']:02d}.png"]
+                for c in m["clusters"]
+            ],
+        ),
+        "",
+        "![genre composition](genre_composition.png)",
+        "",
+    ]
     return "\n".join(lines)

@@ -4,6 +4,7 @@
 typed object: adapt this function and nothing else). ``bundle_vectors`` reads the stored vectors back from
 the FAISS index, and ``served_item_neighbours`` answers item queries the way the server does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -99,8 +100,7 @@ def search_params(bundle: Bundle, nprobe: int | None) -> faiss.SearchParameters 
     return faiss.SearchParametersIVF(nprobe=int(nprobe))
 
 
-def search(bundle: Bundle, queries: np.ndarray, k: int, nprobe: int | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+def search(bundle: Bundle, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, item ids) from the served index, as the server's vector and image queries get them."""
     k = min(k, bundle.index.ntotal)
     return bundle.index.search(np.ascontiguousarray(queries, np.float32), k, params=search_params(bundle, nprobe))
@@ -127,8 +127,15 @@ def drop_ids(found: np.ndarray, scores: np.ndarray, exclude: np.ndarray, k: int)
     return out_ids, out_scores
 
 
-def served_item_neighbours(bundle: Bundle, ids: np.ndarray, vectors: np.ndarray, rows: np.ndarray, k: int,
-                           nprobe: int | None = None, use_table: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def served_item_neighbours(
+    bundle: Bundle,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    nprobe: int | None = None,
+    use_table: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Item queries answered as the server does: (neighbour ids, scores) (len(rows), k), the item excluded.
 
     From the precomputed neighbour table when k fits in it (and neither nprobe nor ``use_table=False``

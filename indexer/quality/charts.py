@@ -1,4 +1,5 @@
 """PNG charts of quality results (matplotlib, Agg backend: no display needed)."""
+
 from __future__ import annotations
 
 import math
@@ -94,14 +95,16 @@ def copy_chart(edits: Sequence[dict[str, Any]], path: Path) -> str:
     for ax, metric in zip(axes, ("recall@1", "mAP"), strict=True):
         ax.bar(x - width / 2, [_num(e["model"][metric]) for e in edits], width, label="model", color=MODEL_COLOUR)
         if edits and edits[0].get("phash"):
-            ax.bar(x + width / 2, [_num(e["phash"][metric]) for e in edits], width, label="pHash",
-                   color=PHASH_COLOUR)
+            ax.bar(x + width / 2, [_num(e["phash"][metric]) for e in edits], width, label="pHash", color=PHASH_COLOUR)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(metric)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    axes[0].set_title(f"copy detection: the original among the whole catalog ({edits[0]['queries'] if edits else 0} "
-                      "queries per edit)", fontsize=10)
+    axes[0].set_title(
+        f"copy detection: the original among the whole catalog ({edits[0]['queries'] if edits else 0} "
+        "queries per edit)",
+        fontsize=10,
+    )
     axes[1].set_xticks(x, [e["edit"] for e in edits], rotation=30)
     return _save(fig, path)
 
@@ -122,8 +125,9 @@ def latency_chart(latency: dict[str, dict[str, Any]], path: Path) -> str:
     return _save(fig, path)
 
 
-def cosine_chart(edit_cosines: dict[str, np.ndarray], nearest_distinct: np.ndarray, threshold: float,
-                 path: Path) -> str:
+def cosine_chart(
+    edit_cosines: dict[str, np.ndarray], nearest_distinct: np.ndarray, threshold: float, path: Path
+) -> str:
     """Cosine of each edited copy to its original, per edit, beside each item's nearest other item."""
     plt = _plt()
     labels = list(edit_cosines) + ["nearest other item"]
@@ -138,8 +142,9 @@ def cosine_chart(edit_cosines: dict[str, np.ndarray], nearest_distinct: np.ndarr
     return _save(fig, path)
 
 
-def bars_grid(rows: Sequence[dict[str, Any]], label_key: str, metrics: Sequence[tuple[str, str]], path: Path,
-              title: str) -> str:
+def bars_grid(
+    rows: Sequence[dict[str, Any]], label_key: str, metrics: Sequence[tuple[str, str]], path: Path, title: str
+) -> str:
     """One bar chart per metric (key, axis label), one bar per row."""
     plt = _plt()
     cols = 3
@@ -151,7 +156,7 @@ def bars_grid(rows: Sequence[dict[str, Any]], label_key: str, metrics: Sequence[
         ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=7)
         ax.set_title(axis_label, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)

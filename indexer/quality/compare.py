@@ -5,6 +5,7 @@ bundle is built into ``OUT/bundles/<name>`` (embeddings come from one shared cac
 rerun embeds nothing), evaluated with the same seed and options (``OUT/eval/<name>``), and its
 embedding throughput measured. Writes compare.json, compare.md and bar charts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,10 +82,12 @@ def parse_spec(text: str, weights: str | None = None) -> EmbedderSpec:
     return spec
 
 
-def grid_specs(models: Sequence[str], poolings: Sequence[str], resizes: Sequence[str], weights: str
-               ) -> tuple[EmbedderSpec, ...]:
-    specs = tuple(EmbedderSpec(model=m, weights=weights, pooling=p, resize=r)
-                  for m in models for p in poolings for r in resizes)
+def grid_specs(
+    models: Sequence[str], poolings: Sequence[str], resizes: Sequence[str], weights: str
+) -> tuple[EmbedderSpec, ...]:
+    specs = tuple(
+        EmbedderSpec(model=m, weights=weights, pooling=p, resize=r) for m in models for p in poolings for r in resizes
+    )
     for s in specs:
         s.validate()
     return specs
@@ -95,8 +98,11 @@ def spec_name(spec: EmbedderSpec) -> str:
     default = EmbedderSpec()
     parts = [str(getattr(spec, f)) for f in NAME_FIELDS]
     parts[1] = Path(parts[1]).stem if parts[1] not in ("imagenet", "none") else parts[1]
-    parts += [f"{f}{getattr(spec, f)}" for f in SPEC_FIELDS if f not in NAME_FIELDS
-              and getattr(spec, f) != getattr(default, f)]
+    parts += [
+        f"{f}{getattr(spec, f)}"
+        for f in SPEC_FIELDS
+        if f not in NAME_FIELDS and getattr(spec, f) != getattr(default, f)
+    ]
     return "-".join(p.replace("/", "_") for p in parts)
 
 
@@ -108,37 +114,52 @@ def measure_throughput(embedder: Embedder, files: Sequence[Path], batch_size: in
     embed_image_bytes(embedder, data[:batch_size])
     t = time.perf_counter()
     for start in range(0, len(data), batch_size):
-        embed_image_bytes(embedder, data[start:start + batch_size])
+        embed_image_bytes(embedder, data[start : start + batch_size])
     return len(data) / (time.perf_counter() - t)
 
 
-def _row(name: str, spec: EmbedderSpec, report: Any, payload: dict[str, Any], images_per_second: float,
-         index_bytes: int) -> dict[str, Any]:
+def _row(
+    name: str, spec: EmbedderSpec, report: Any, payload: dict[str, Any], images_per_second: float, index_bytes: int
+) -> dict[str, Any]:
     m, t = payload["metrics"], payload["timings"]
     copy, genres, col = m["copy_detection"], m["genres"], m["collections"]
     stored: dict[str, Any] = next((p for p in m["fidelity"].get("curve", []) if p.get("stored")), {})
     dim = payload["bundle"]["dim"]
     row: dict[str, Any] = {
-        "config": name, **{f: getattr(spec, f) for f in NAME_FIELDS},
-        "dim": dim, "bytes_per_vector": dim * FLOAT32_BYTES,
+        "config": name,
+        **{f: getattr(spec, f) for f in NAME_FIELDS},
+        "dim": dim,
+        "bytes_per_vector": dim * FLOAT32_BYTES,
         "index_bytes_per_item": index_bytes / max(1, payload["bundle"]["item_count"]),
         "images_per_second": images_per_second,
-        "build_seconds": report.phases.get("total"), "embedded": report.embedded, "from_cache": report.from_cache,
-        "vector_recall@10": stored.get("vector_recall@10"), "item_recall@10": stored.get("item_recall@10"),
+        "build_seconds": report.phases.get("total"),
+        "embedded": report.embedded,
+        "from_cache": report.from_cache,
+        "vector_recall@10": stored.get("vector_recall@10"),
+        "item_recall@10": stored.get("item_recall@10"),
         "latency_item_p50_ms": t["latency"]["item"]["p50_ms"],
         "latency_vector_p50_ms": t["latency"]["vector"]["p50_ms"],
         "latency_image_p50_ms": (t["latency"].get("image") or {}).get("p50_ms"),
     }
     if copy:
-        row.update({"copy_recall@1": copy["all_edits"]["model"]["recall@1"],
-                    "copy_recall@5": copy["all_edits"]["model"]["recall@5"],
-                    "copy_mAP": copy["all_edits"]["model"]["mAP"],
-                    "phash_recall@1": (copy["all_edits"].get("phash") or {}).get("recall@1"),
-                    "per_edit_recall@1": {e["edit"]: e["model"]["recall@1"] for e in copy["edits"]}})
+        row.update(
+            {
+                "copy_recall@1": copy["all_edits"]["model"]["recall@1"],
+                "copy_recall@5": copy["all_edits"]["model"]["recall@5"],
+                "copy_mAP": copy["all_edits"]["model"]["mAP"],
+                "phash_recall@1": (copy["all_edits"].get("phash") or {}).get("recall@1"),
+                "per_edit_recall@1": {e["edit"]: e["model"]["recall@1"] for e in copy["edits"]},
+            }
+        )
     if genres:
-        row.update({"genre_precision": genres["model"]["precision"], "genre_jaccard": genres["model"]["jaccard"],
-                    "genre_precision_random": genres["random"]["precision"],
-                    "genre_precision_prior": genres["prior"]["precision"]})
+        row.update(
+            {
+                "genre_precision": genres["model"]["precision"],
+                "genre_jaccard": genres["model"]["jaccard"],
+                "genre_precision_random": genres["random"]["precision"],
+                "genre_precision_prior": genres["prior"]["precision"],
+            }
+        )
     if col and col.get("queries"):
         row.update({k.replace("recall", "collection_recall"): v for k, v in col.items() if k.startswith("recall@")})
     return row
@@ -160,23 +181,41 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         log.info("configuration %s", name)
         embedder = Embedder(spec)
         root = config.out / "bundles" / name
-        report = build(BuildConfig(index_root=root, catalog=config.catalog, embedder=spec, index=config.index,
-                                   pipeline=PipelineConfig(batch_size=config.batch_size, progress=False),
-                                   neighbours_k=config.neighbours_k, cache_path=cache), embedder=embedder)
+        report = build(
+            BuildConfig(
+                index_root=root,
+                catalog=config.catalog,
+                embedder=spec,
+                index=config.index,
+                pipeline=PipelineConfig(batch_size=config.batch_size, progress=False),
+                neighbours_k=config.neighbours_k,
+                cache_path=cache,
+            ),
+            embedder=embedder,
+        )
         bundle = open_bundle(root, verify=False)
         files = [config.catalog.posters_dir / p for p in bundle.items["poster"].head(config.throughput_images)]
         rate = measure_throughput(embedder, files, config.batch_size)
-        eval_config = dataclasses.replace(config.eval, root=root, out=config.out / "eval" / name,
-                                          charts=config.eval_charts,
-                                          posters_dir=config.eval.posters_dir or config.catalog.posters_dir)
+        eval_config = dataclasses.replace(
+            config.eval,
+            root=root,
+            out=config.out / "eval" / name,
+            charts=config.eval_charts,
+            posters_dir=config.eval.posters_dir or config.catalog.posters_dir,
+        )
         payload = evaluate(eval_config, embedder=embedder)
         evals[name] = payload["out"]
         index_bytes = (report.path / "index.faiss").stat().st_size
         rows.append(_row(name, spec, report, payload, rate, index_bytes))
         del embedder, bundle
         gc.collect()
-    result = {"tool": "posters-index compare", "catalog": dataclasses.asdict(config.catalog),
-              "eval_options": dataclasses.asdict(config.eval), "configs": rows, "eval_dirs": evals}
+    result = {
+        "tool": "posters-index compare",
+        "catalog": dataclasses.asdict(config.catalog),
+        "eval_options": dataclasses.asdict(config.eval),
+        "configs": rows,
+        "eval_dirs": evals,
+    }
     result["files"] = write_compare(config.out, rows, config.charts)
     write_json(config.out / "compare.json", result)
     return result
@@ -184,28 +223,68 @@ def compare(config: CompareConfig) -> dict[str, Any]:
 
 def write_compare(out: Path, rows: list[dict[str, Any]], charts_on: bool) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
-    headers = ["config", "dim", "bytes/vector", "img/s", "build s", "copy R@1", "copy R@5", "copy mAP", "pHash R@1",
-               "genre P@k", "(random)", "(prior)", "genre J@k", "collection R@1", "collection R@10",
-               "vector R@10", "image p50 ms"]
-    keys = ["config", "dim", "bytes_per_vector", "images_per_second", "build_seconds", "copy_recall@1",
-            "copy_recall@5", "copy_mAP", "phash_recall@1", "genre_precision", "genre_precision_random",
-            "genre_precision_prior", "genre_jaccard", "collection_recall@1", "collection_recall@10",
-            "vector_recall@10", "latency_image_p50_ms"]
+    headers = [
+        "config",
+        "dim",
+        "bytes/vector",
+        "img/s",
+        "build s",
+        "copy R@1",
+        "copy R@5",
+        "copy mAP",
+        "pHash R@1",
+        "genre P@k",
+        "(random)",
+        "(prior)",
+        "genre J@k",
+        "collection R@1",
+        "collection R@10",
+        "vector R@10",
+        "image p50 ms",
+    ]
+    keys = [
+        "config",
+        "dim",
+        "bytes_per_vector",
+        "images_per_second",
+        "build_seconds",
+        "copy_recall@1",
+        "copy_recall@5",
+        "copy_mAP",
+        "phash_recall@1",
+        "genre_precision",
+        "genre_precision_random",
+        "genre_precision_prior",
+        "genre_jaccard",
+        "collection_recall@1",
+        "collection_recall@10",
+        "vector_recall@10",
+        "latency_image_p50_ms",
+    ]
     lines = ["# Configuration comparison", "", md_table(headers, [[r.get(k) for k in keys] for r in rows]), ""]
     edits = list(dict.fromkeys(e for r in rows for e in r.get("per_edit_recall@1", {})))
     if edits:
-        lines += ["Copy detection recall@1 per edit:", "",
-                  md_table(["config", *edits], [[r["config"], *(r["per_edit_recall@1"].get(e) for e in edits)]
-                                                for r in rows]), ""]
+        lines += [
+            "Copy detection recall@1 per edit:",
+            "",
+            md_table(
+                ["config", *edits], [[r["config"], *(r["per_edit_recall@1"].get(e) for e in edits)] for r in rows]
+            ),
+            "",
+        ]
     files = {"markdown": "compare.md"}
     if charts_on:
-        files["chart"] = charts.bars_grid(rows, "config", CHART_METRICS, out / "compare.png",
-                                          "the same catalog under each configuration")
+        files["chart"] = charts.bars_grid(
+            rows, "config", CHART_METRICS, out / "compare.png", "the same catalog under each configuration"
+        )
         lines += ["![comparison](compare.png)"]
         if edits:
             files["edits_chart"] = charts.grouped_bars(
-                edits, {r["config"]: [r["per_edit_recall@1"].get(e) for e in edits] for r in rows},
-                "copy detection recall@1 per edit", out / "compare_edits.png")
+                edits,
+                {r["config"]: [r["per_edit_recall@1"].get(e) for e in edits] for r in rows},
+                "copy detection recall@1 per edit",
+                out / "compare_edits.png",
+            )
             lines += ["![per edit](compare_edits.png)"]
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     return files

@@ -1,4 +1,5 @@
 """Copy detection: edited copies of catalog posters, queried through the SearchByImage path, beside pHash."""
+
 from __future__ import annotations
 
 import io
@@ -58,8 +59,10 @@ def phash_codes(images: Sequence[bytes | Path], workers: int = PHASH_WORKERS) ->
     try:
         import imagehash  # noqa: F401
     except ImportError as exc:
-        raise QualityError("the pHash baseline expected the imagehash package (pip install 'poster-similarity[eval]'),"
-                           " or run without it (--no-phash)") from exc
+        raise QualityError(
+            "the pHash baseline expected the imagehash package (pip install 'poster-similarity[eval]'),"
+            " or run without it (--no-phash)"
+        ) from exc
     out = np.full((len(images), PHASH_BYTES), 0xFF, np.uint8)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, code in enumerate(pool.map(_phash_one, images)):
@@ -76,8 +79,9 @@ def _copy_candidates(data: Loaded, config: EvalConfig) -> np.ndarray:
         try:
             wanted = pd.read_csv(config.copy_items_csv, usecols=[ID_COLUMN])[ID_COLUMN]
         except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise QualityError(f"copy items {config.copy_items_csv}: expected a CSV with a {ID_COLUMN} "
-                               f"column: {exc}") from exc
+            raise QualityError(
+                f"copy items {config.copy_items_csv}: expected a CSV with a {ID_COLUMN} column: {exc}"
+            ) from exc
         has_file &= np.isin(data.ids, wanted.to_numpy(np.int64))
     return np.flatnonzero(has_file)
 
@@ -87,8 +91,10 @@ def make_copy_queries(data: Loaded, embedder: Embedder, config: EvalConfig) -> C
     kinds = check_kinds(list(config.edit_kinds))
     candidates = _copy_candidates(data, config)
     if len(candidates) == 0:
-        raise QualityError(f"copy detection expected poster files under {data.posters_dir}, found none for the "
-                           "bundle's items (pass --posters, or --copy-sample 0)")
+        raise QualityError(
+            f"copy detection expected poster files under {data.posters_dir}, found none for the "
+            "bundle's items (pass --posters, or --copy-sample 0)"
+        )
     sample = sample_rows(candidates, config.copy_sample, rng_for(config.seed, STREAM_COPY))
     items = data.bundle.items
     assert data.posters_dir is not None
@@ -120,18 +126,24 @@ def make_copy_queries(data: Loaded, embedder: Embedder, config: EvalConfig) -> C
                 example.append((kind, data_bytes[0]))
                 samples.extend(data_bytes[:per_kind_samples])
     log.info("copy detection: %d posters x %d edits embedded in %.1fs", len(sample), len(kinds), seconds["embed"])
-    return CopyQueries(rows=np.asarray(rows, np.int64), kinds=kind_of, vectors=np.vstack(vectors),
-                       hashes=np.vstack(hashes) if hashes else None,
-                       latency_samples=samples[:config.image_latency_queries],
-                       example=example, seconds=seconds)
+    return CopyQueries(
+        rows=np.asarray(rows, np.int64),
+        kinds=kind_of,
+        vectors=np.vstack(vectors),
+        hashes=np.vstack(hashes) if hashes else None,
+        latency_samples=samples[: config.image_latency_queries],
+        example=example,
+        seconds=seconds,
+    )
 
 
 def _phash_ranks(query_codes: np.ndarray, catalog_codes: np.ndarray, rows: np.ndarray, depth: int) -> np.ndarray:
     ranks = np.empty(len(rows), np.int64)
     for start in range(0, len(rows), PHASH_CHUNK):
-        dist = metrics.hamming_distances(query_codes[start:start + PHASH_CHUNK], catalog_codes)
-        ranks[start:start + PHASH_CHUNK] = metrics.rank_with_ties(dist, rows[start:start + PHASH_CHUNK],
-                                                                  higher_is_better=False)
+        dist = metrics.hamming_distances(query_codes[start : start + PHASH_CHUNK], catalog_codes)
+        ranks[start : start + PHASH_CHUNK] = metrics.rank_with_ties(
+            dist, rows[start : start + PHASH_CHUNK], higher_is_better=False
+        )
     return np.where(ranks < depth, ranks, -1)
 
 
@@ -162,14 +174,22 @@ def measure_copy_detection(data: Loaded, copies: CopyQueries, config: EvalConfig
         if phash_ranks is not None:
             row["phash"] = _rank_summary(phash_ranks[m])
         c = cosine[m]
-        row["cosine_to_original"] = {"min": float(c.min()), "p5": float(np.percentile(c, 5)),
-                                     "median": float(np.median(c))}
+        row["cosine_to_original"] = {
+            "min": float(c.min()),
+            "p5": float(np.percentile(c, 5)),
+            "median": float(np.median(c)),
+        }
         edits.append(row)
     edited = kinds != IDENTITY
     overall: dict[str, Any] = {"queries": int(edited.sum()), "model": _rank_summary(model_ranks[edited])}
     if phash_ranks is not None:
         overall["phash"] = _rank_summary(phash_ranks[edited])
-    result = {"originals": int(len(np.unique(copies.rows))), "original_ids": data.ids[np.unique(copies.rows)].tolist(),
-              "depth": depth, "edits": edits,
-              "all_edits": overall, "ties": "pHash ranks count ties against the original (pessimistic)"}
+    result = {
+        "originals": int(len(np.unique(copies.rows))),
+        "original_ids": data.ids[np.unique(copies.rows)].tolist(),
+        "depth": depth,
+        "edits": edits,
+        "all_edits": overall,
+        "ties": "pHash ranks count ties against the original (pessimistic)",
+    }
     return result, {"catalog_phash_seconds": catalog_seconds, **copies.seconds}

@@ -5,6 +5,7 @@ threshold was tuned on the copy-detection edits (see ``DEFAULT_DUPLICATE_THRESHO
 reports, per run, the cosine of every edited copy to its original, so the threshold can be re-tuned for
 another model.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from indexer.neighbours import NEAR_DUPLICATE_COSINE
 from indexer.contact_sheet import Tile, render_sheet
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 # real photos do (the closest pair of the real-photo catalog is 0.72). Synthetic posters drawn from one template
 # per genre also do (demo catalog: 129 pairs of 7,140, 82 of them sequels); lower values flag hundreds of them
 # (0.90: 517). ``posters-index eval`` reports, per run, the value catching 99 % of half-size re-encodes.
-DEFAULT_DUPLICATE_THRESHOLD = 0.95
+DEFAULT_DUPLICATE_THRESHOLD = NEAR_DUPLICATE_COSINE
 BLOCK_BYTES = 64 * 1024 * 1024  # similarities held at once
 FLOAT32_BYTES = 4
 SHEET_PAIRS = 12
@@ -39,8 +41,9 @@ class DuplicatePair(NamedTuple):
     cosine: float
 
 
-def count_near_duplicates(vectors: np.ndarray, ids: np.ndarray,
-                          threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> list[DuplicatePair]:
+def count_near_duplicates(
+    vectors: np.ndarray, ids: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD
+) -> list[DuplicatePair]:
     """Every pair of items whose L2-normalized vectors have cosine > ``threshold``, most similar first.
 
     Exact, in blocks of rows (a block's similarities to all items take at most BLOCK_BYTES; never the N x N
@@ -54,7 +57,7 @@ def count_near_duplicates(vectors: np.ndarray, ids: np.ndarray,
     rows_per_block = max(1, BLOCK_BYTES // (FLOAT32_BYTES * max(n, 1)))
     pairs: list[DuplicatePair] = []
     for start in range(0, n, rows_per_block):
-        sims = x[start:start + rows_per_block] @ x.T
+        sims = x[start : start + rows_per_block] @ x.T
         r, c = np.nonzero(sims > threshold)
         keep = c > r + start  # each pair once, never an item with itself
         rows, cols = r[keep] + start, c[keep]
@@ -65,8 +68,9 @@ def count_near_duplicates(vectors: np.ndarray, ids: np.ndarray,
     return pairs
 
 
-def write_duplicates(pairs: Sequence[DuplicatePair], items: pd.DataFrame, out_dir: Path,
-                     posters_dir: Path | None) -> dict[str, str]:
+def write_duplicates(
+    pairs: Sequence[DuplicatePair], items: pd.DataFrame, out_dir: Path, posters_dir: Path | None
+) -> dict[str, str]:
     """duplicates.csv (every pair) and duplicates.png (the first pairs side by side); returns the file names."""
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = items.set_index("item_id")

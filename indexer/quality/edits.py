@@ -6,6 +6,7 @@ those three values only, so a copy is the same bytes whatever else is generated,
 Edits are modelled on the DISC21 copy-detection augmentations plus two poster-specific ones: the poster
 photographed on a wall in perspective and the poster shown small inside a screenshot of a web page.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,21 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 IDENTITY = "identity"  # the catalog file itself: a control, recall@1 should be 1
-EDIT_KINDS = (IDENTITY, "rescale", "crop", "rotate", "jpeg", "blur", "grayscale", "mirror", "banner", "sticker",
-              "thumbnail", "wall", "screenshot")
+EDIT_KINDS = (
+    IDENTITY,
+    "rescale",
+    "crop",
+    "rotate",
+    "jpeg",
+    "blur",
+    "grayscale",
+    "mirror",
+    "banner",
+    "sticker",
+    "thumbnail",
+    "wall",
+    "screenshot",
+)
 DEFAULT_EDIT_KINDS = EDIT_KINDS
 
 OUTPUT_JPEG_QUALITY = 90  # how edited copies are encoded (except the jpeg edit itself and screenshots)
@@ -55,8 +69,9 @@ SEED_SALT = 0x9E3779B9
 
 def edit_rng(seed: int, item_id: int, kind: str) -> np.random.Generator:
     """The generator for one copy: depends only on (seed, item, edit kind)."""
-    return np.random.default_rng([seed & 0xFFFFFFFF, int(item_id) & 0xFFFFFFFFFFFF, zlib.crc32(kind.encode()),
-                                  SEED_SALT])
+    return np.random.default_rng(
+        [seed & 0xFFFFFFFF, int(item_id) & 0xFFFFFFFFFFFF, zlib.crc32(kind.encode()), SEED_SALT]
+    )
 
 
 def _encode(image: Image.Image, fmt: str = "JPEG", quality: int = OUTPUT_JPEG_QUALITY) -> bytes:
@@ -131,8 +146,12 @@ def _sticker(im: Image.Image, rng: np.random.Generator) -> bytes:
     r = w * rng.uniform(*STICKER_RADIUS_SHARE)
     cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
     d = ImageDraw.Draw(im)
-    d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_colour(rng, 120, 256), outline=(255, 255, 255),
-              width=max(1, int(r * 0.08)))
+    d.ellipse(
+        [cx - r, cy - r, cx + r, cy + r],
+        fill=_colour(rng, 120, 256),
+        outline=(255, 255, 255),
+        width=max(1, int(r * 0.08)),
+    )
     text = STICKER_TEXTS[int(rng.integers(len(STICKER_TEXTS)))]
     d.text((cx, cy), text, fill=(20, 20, 20), font=_font(r * 0.6), anchor="mm")
     return _encode(im)
@@ -159,8 +178,9 @@ def _wall_texture(rng: np.random.Generator) -> np.ndarray:
     w, h = WALL_SIZE
     base = np.array(_colour(rng, 90, 230), dtype=np.float32)
     coarse = rng.normal(0.0, WALL_TEXTURE_SIGMA, size=(h // WALL_TEXTURE_CELL + 1, w // WALL_TEXTURE_CELL + 1, 1))
-    coarse = np.asarray(Image.fromarray(coarse[:, :, 0].astype(np.float32)).resize(
-        (w, h), Image.Resampling.BICUBIC))[:, :, None]
+    coarse = np.asarray(Image.fromarray(coarse[:, :, 0].astype(np.float32)).resize((w, h), Image.Resampling.BICUBIC))[
+        :, :, None
+    ]
     fine = rng.normal(0.0, WALL_TEXTURE_SIGMA, size=(h, w, 1)).astype(np.float32)
     return base[None, None, :] + coarse + fine
 
@@ -177,15 +197,22 @@ def _wall(im: Image.Image, rng: np.random.Generator) -> bytes:
     l_short, r_short = (far, 0.0) if far_is_left else (0.0, far)
     l_in, r_in = (inset, 0.0) if far_is_left else (0.0, inset)
     left, right, top, bottom = cx - pw / 2, cx + pw / 2, cy - ph / 2, cy + ph / 2
-    quad = np.array([[left + l_in, top + l_short / 2], [right - r_in, top + r_short / 2],
-                     [right - r_in, bottom - r_short / 2], [left + l_in, bottom - l_short / 2]])
+    quad = np.array(
+        [
+            [left + l_in, top + l_short / 2],
+            [right - r_in, top + r_short / 2],
+            [right - r_in, bottom - r_short / 2],
+            [left + l_in, bottom - l_short / 2],
+        ]
+    )
     quad += rng.uniform(-1, 1, size=quad.shape) * WALL_JITTER_SHARE * np.array([pw, ph])
     pw0, ph0 = im.size
     src = np.array([[0, 0], [pw0, 0], [pw0, ph0], [0, ph0]], dtype=np.float64)
     coeffs = perspective_coefficients(quad, src)
     warped = im.transform((w, h), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BICUBIC)
-    mask = Image.new("L", im.size, 255).transform((w, h), Image.Transform.PERSPECTIVE, coeffs,
-                                                  Image.Resampling.BILINEAR)
+    mask = Image.new("L", im.size, 255).transform(
+        (w, h), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR
+    )
     offset, darkening = WALL_SHADOW
     shadow = np.asarray(mask.filter(ImageFilter.GaussianBlur(offset)), dtype=np.float32)[:, :, None] / 255.0
     scene = wall * (1.0 - darkening * np.roll(shadow, (offset, offset), axis=(0, 1)))
@@ -197,8 +224,9 @@ def _wall(im: Image.Image, rng: np.random.Generator) -> bytes:
     return _encode(photo.filter(ImageFilter.GaussianBlur(WALL_CAMERA_BLUR)), quality=WALL_JPEG_QUALITY)
 
 
-def _text_lines(d: ImageDraw.ImageDraw, rng: np.random.Generator, x: int, y: int, width: int, lines: int,
-                line_height: int = 22) -> int:
+def _text_lines(
+    d: ImageDraw.ImageDraw, rng: np.random.Generator, x: int, y: int, width: int, lines: int, line_height: int = 22
+) -> int:
     for _ in range(lines):
         d.rectangle([x, y + 6, x + int(width * rng.uniform(0.55, 1.0)), y + 14], fill=(205, 205, 210))
         y += line_height

@@ -1,4 +1,5 @@
 """Shared pieces of an evaluation: its options, the loaded bundle, seeded streams and timing helpers."""
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,9 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise QualityError(f"{name} expected >= 1, got {getattr(self, name)}")
         if not self.fidelity_ks or min(self.fidelity_ks) < 1 or not self.collection_ks or min(self.collection_ks) < 1:
-            raise QualityError(f"k values expected >= 1, got fidelity {self.fidelity_ks}, collections "
-                               f"{self.collection_ks}")
+            raise QualityError(
+                f"k values expected >= 1, got fidelity {self.fidelity_ks}, collections {self.collection_ks}"
+            )
         if not -1.0 <= self.duplicate_threshold <= 1.0:
             raise QualityError(f"duplicate threshold expected a cosine in [-1, 1], got {self.duplicate_threshold}")
 

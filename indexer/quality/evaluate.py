@@ -15,6 +15,7 @@ Writes eval.json (``metrics`` is deterministic for a fixed seed; ``timings`` is 
 duplicates.csv and contact sheets. Randomness comes from ``seed`` through one independent stream per
 purpose, so changing one option does not reshuffle the samples of another.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -86,14 +87,20 @@ def measure_genres(data: Loaded, config: EvalConfig) -> dict[str, Any] | None:
     answers = {
         "model": ids_to_rows(data.ids, nbr_ids),
         "random": metrics.sample_neighbours(n, rows, k, rng_for(config.seed, STREAM_RANDOM)),
-        "prior": metrics.sample_neighbours(n, rows, k, rng_for(config.seed, STREAM_PRIOR),
-                                           metrics.genre_prior_weights(genres)),
+        "prior": metrics.sample_neighbours(
+            n, rows, k, rng_for(config.seed, STREAM_PRIOR), metrics.genre_prior_weights(genres)
+        ),
     }
-    result: dict[str, Any] = {"k": k, "queries": int(len(rows)), "vocabulary": vocabulary,
-                              "note": "genres are a weak label of visual similarity",
-                              "baselines": {"random": "k items drawn uniformly (never the query)",
-                                            "prior": "k items drawn with probability proportional to the summed "
-                                                     "catalog frequency of their genres"}}
+    result: dict[str, Any] = {
+        "k": k,
+        "queries": int(len(rows)),
+        "vocabulary": vocabulary,
+        "note": "genres are a weak label of visual similarity",
+        "baselines": {
+            "random": "k items drawn uniformly (never the query)",
+            "prior": "k items drawn with probability proportional to the summed catalog frequency of their genres",
+        },
+    }
     per_query = {}
     for name, nbr in answers.items():
         precision, jaccard = metrics.genre_agreement(genres, rows, nbr)
@@ -128,8 +135,10 @@ def collection_labels(data: Loaded, config: EvalConfig) -> tuple[np.ndarray, Pat
         raise QualityError(f"collections {path}: cannot read: {exc}") from exc
     missing = [c for c in (ID_COLUMN, config.collection_column) if c not in table.columns]
     if missing:
-        raise QualityError(f"collections {path}: expected columns {ID_COLUMN} and "
-                           f"{config.collection_column}, missing {missing} (got {list(table.columns)})")
+        raise QualityError(
+            f"collections {path}: expected columns {ID_COLUMN} and "
+            f"{config.collection_column}, missing {missing} (got {list(table.columns)})"
+        )
     table = table[table[config.collection_column] != ""]
     codes, _ = pd.factorize(table[config.collection_column])
     label_of = dict(zip(pd.to_numeric(table[ID_COLUMN], errors="coerce").tolist(), codes.tolist(), strict=True))
@@ -148,36 +157,53 @@ def measure_collections(data: Loaded, config: EvalConfig) -> dict[str, Any] | No
     kmax = min(max(config.collection_ks), len(data.ids) - 1)
     nbr_ids, _ = served_item_neighbours(data.bundle, data.ids, data.vectors, rows, kmax)
     nbr_rows = ids_to_rows(data.ids, nbr_ids)
-    result: dict[str, Any] = {"source": str(path), "column": config.collection_column, "queries": int(len(rows)),
-                              "collections": int((counts >= 2).sum())}
+    result: dict[str, Any] = {
+        "source": str(path),
+        "column": config.collection_column,
+        "queries": int(len(rows)),
+        "collections": int((counts >= 2).sum()),
+    }
     for k in sorted({min(k, kmax) for k in config.collection_ks}):
         result[f"recall@{k}"] = metrics.nanmean(metrics.collection_recall(labels, rows, nbr_rows, k))
-    aps = [metrics.average_precision(nbr_ids[i], set(data.ids[(labels == labels[r])].tolist()) - {int(data.ids[r])},
-                                     depth=kmax) for i, r in enumerate(rows)]
+    aps = [
+        metrics.average_precision(
+            nbr_ids[i], set(data.ids[(labels == labels[r])].tolist()) - {int(data.ids[r])}, depth=kmax
+        )
+        for i, r in enumerate(rows)
+    ]
     result[f"mAP@{kmax}"] = metrics.nanmean(np.array(aps))
     result["definition"] = "recall@k = same-collection items in the top k / min(k, other members of the collection)"
     return result
 
 
 # ---- latency and duplicates ----------------------------------------------------------------------------------------
-def measure_latency(data: Loaded, held_out: np.ndarray, embedder: Embedder | None, copies: CopyQueries | None,
-                    config: EvalConfig) -> dict[str, Any]:
+def measure_latency(
+    data: Loaded, held_out: np.ndarray, embedder: Embedder | None, copies: CopyQueries | None, config: EvalConfig
+) -> dict[str, Any]:
     rows = sample_rows(np.arange(len(data.ids)), config.latency_queries, rng_for(config.seed, STREAM_LATENCY))
     out: dict[str, Any] = {"k": LATENCY_K, "threads": 1}
     with faiss_single_thread():
-        out["item"] = metrics.latency_summary(time_each(
-            lambda r: served_item_neighbours(data.bundle, data.ids, data.vectors, np.array([r]), LATENCY_K),
-            list(rows)))
-        out["vector"] = metrics.latency_summary(time_each(
-            lambda q: search(data.bundle, q[None], LATENCY_K), list(held_out[: config.latency_queries])))
+        out["item"] = metrics.latency_summary(
+            time_each(
+                lambda r: served_item_neighbours(data.bundle, data.ids, data.vectors, np.array([r]), LATENCY_K),
+                list(rows),
+            )
+        )
+        out["vector"] = metrics.latency_summary(
+            time_each(lambda q: search(data.bundle, q[None], LATENCY_K), list(held_out[: config.latency_queries]))
+        )
         if embedder is not None and copies is not None and copies.latency_samples:
-            out["image"] = metrics.latency_summary(time_each(
-                lambda b: search(data.bundle, embed_image_bytes(embedder, [b]), LATENCY_K), copies.latency_samples))
+            out["image"] = metrics.latency_summary(
+                time_each(
+                    lambda b: search(data.bundle, embed_image_bytes(embedder, [b]), LATENCY_K), copies.latency_samples
+                )
+            )
     return out
 
 
-def measure_duplicates(data: Loaded, copies: CopyQueries | None, config: EvalConfig
-                       ) -> tuple[dict[str, Any], list, dict[str, np.ndarray], np.ndarray]:
+def measure_duplicates(
+    data: Loaded, copies: CopyQueries | None, config: EvalConfig
+) -> tuple[dict[str, Any], list, dict[str, np.ndarray], np.ndarray]:
     pairs = count_near_duplicates(data.vectors, data.ids, config.duplicate_threshold)
     nearest = np.zeros(0, np.float32)
     if len(data.ids) >= 2:
@@ -188,11 +214,15 @@ def measure_duplicates(data: Loaded, copies: CopyQueries | None, config: EvalCon
         kinds = np.asarray(copies.kinds)
         cos = np.einsum("ij,ij->i", copies.vectors, data.vectors[copies.rows])
         edit_cosines = {k: cos[kinds == k] for k in dict.fromkeys(copies.kinds)}
-    result: dict[str, Any] = {"threshold": config.duplicate_threshold, "pairs": len(pairs),
-                              "nearest_other_item_cosine": {
-                                  "p50": float(np.percentile(nearest, 50)) if len(nearest) else None,
-                                  "p99": float(np.percentile(nearest, 99)) if len(nearest) else None,
-                                  "max": float(nearest.max()) if len(nearest) else None}}
+    result: dict[str, Any] = {
+        "threshold": config.duplicate_threshold,
+        "pairs": len(pairs),
+        "nearest_other_item_cosine": {
+            "p50": float(np.percentile(nearest, 50)) if len(nearest) else None,
+            "p99": float(np.percentile(nearest, 99)) if len(nearest) else None,
+            "max": float(nearest.max()) if len(nearest) else None,
+        },
+    }
     reference = [edit_cosines[k] for k in DUPLICATE_REFERENCE_EDITS if k in edit_cosines]
     if reference:
         suggested = float(np.percentile(np.concatenate(reference), 100 * (1 - DUPLICATE_REFERENCE_RECALL)))
@@ -232,8 +262,9 @@ def evaluate(config: EvalConfig, embedder: Embedder | None = None, loaded: Loade
     elif facts.embedder is None:
         notes.append("copy detection skipped: the bundle was built from precomputed vectors (no image model)")
     elif data.posters_dir is None or not data.posters_dir.is_dir():
-        raise QualityError(f"copy detection expected the poster folder, got {data.posters_dir} "
-                           "(pass --posters, or --copy-sample 0)")
+        raise QualityError(
+            f"copy detection expected the poster folder, got {data.posters_dir} (pass --posters, or --copy-sample 0)"
+        )
     else:
         t = time.perf_counter()
         embedder = query_embedder(facts, embedder)
@@ -265,13 +296,19 @@ def evaluate(config: EvalConfig, embedder: Embedder | None = None, loaded: Loade
         "config": asdict(config),
         "query_path": query_path,
         "notes": notes,
-        "metrics": {"fidelity": fidelity, "genres": genres, "copy_detection": copy_result,
-                    "collections": collections, "duplicates": duplicates},
+        "metrics": {
+            "fidelity": fidelity,
+            "genres": genres,
+            "copy_detection": copy_result,
+            "collections": collections,
+            "duplicates": duplicates,
+        },
         "timings": {"latency": latency, "fidelity_curve": curve_timings, "seconds": seconds},
     }
     t = time.perf_counter()
-    payload["files"] = eval_report.write_eval_outputs(out, payload, data, copies, pairs, edit_cosines, nearest,
-                                                      charts_on=config.charts)
+    payload["files"] = eval_report.write_eval_outputs(
+        out, payload, data, copies, pairs, edit_cosines, nearest, charts_on=config.charts
+    )
     seconds["report"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     eval_report.write_json_and_markdown(out, payload)

@@ -1,4 +1,5 @@
 """Search fidelity: the served index against exact search, at several nprobe values, with latency."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -63,8 +64,9 @@ def held_out_vectors(data: Loaded, copies: CopyQueries | None, config: EvalConfi
     return np.ascontiguousarray(q, np.float32), source
 
 
-def measure_fidelity(data: Loaded, held_out: np.ndarray, held_out_source: str, config: EvalConfig
-                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def measure_fidelity(
+    data: Loaded, held_out: np.ndarray, held_out_source: str, config: EvalConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     n, ids, x = len(data.ids), data.ids, data.vectors
     if n < 2:
         return {"skipped": "fewer than 2 items"}, []
@@ -87,16 +89,26 @@ def measure_fidelity(data: Loaded, held_out: np.ndarray, held_out_source: str, c
     for nprobe in nprobe_values(data.facts, config):
         label = nprobe if nprobe is not None else "exact"
         point: dict[str, Any] = {"nprobe": label, "stored": nprobe == data.facts.nprobe or nprobe is None}
-        point.update(recalls(served_item_neighbours(data.bundle, ids, x, item_rows, kmax, nprobe, use_table=False),
-                             truth_item, "item_"))
+        point.update(
+            recalls(
+                served_item_neighbours(data.bundle, ids, x, item_rows, kmax, nprobe, use_table=False),
+                truth_item,
+                "item_",
+            )
+        )
         if len(held_out):
             point.update(recalls(search(data.bundle, held_out, kmax, nprobe)[::-1], truth_vec, "vector_"))
         curve_metrics.append(point)
         with faiss_single_thread():
             t_item = time_each(partial(_one_item_query, data, nprobe), list(lat_items))
             t_vec = time_each(partial(_one_vector_query, data, nprobe), list(lat_vecs))
-        curve_timings.append({"nprobe": label, "item_p50_ms": metrics.latency_summary(t_item)["p50_ms"],
-                              "vector_p50_ms": metrics.latency_summary(t_vec)["p50_ms"]})
+        curve_timings.append(
+            {
+                "nprobe": label,
+                "item_p50_ms": metrics.latency_summary(t_item)["p50_ms"],
+                "vector_p50_ms": metrics.latency_summary(t_vec)["p50_ms"],
+            }
+        )
     served = recalls(served_item_neighbours(data.bundle, ids, x, item_rows, kmax), truth_item, "item_")
     result = {
         "ks": ks,
@@ -104,8 +116,7 @@ def measure_fidelity(data: Loaded, held_out: np.ndarray, held_out_source: str, c
         "vector_queries": int(len(held_out)),
         "vector_query_source": held_out_source,
         "index": {"type": data.facts.index_type, "nlist": data.facts.nlist, "stored_nprobe": data.facts.nprobe},
-        "served_item_path": {"path": "neighbour table" if data.facts.neighbours_k >= kmax else "index",
-                             **served},
+        "served_item_path": {"path": "neighbour table" if data.facts.neighbours_k >= kmax else "index", **served},
         "curve": curve_metrics,
     }
     return result, curve_timings

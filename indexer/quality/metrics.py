@@ -4,6 +4,7 @@ Conventions: result lists are 2-D arrays, one row per query, best first; ``-1`` 
 and is never a hit. Functions return per-query values where a breakdown is useful (``NaN`` = the query
 has nothing to measure, e.g. no genres) and the callers average with ``nanmean``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,8 +30,14 @@ def knn_recall(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def knn_recall_with_ties(found_ids: np.ndarray, found_scores: np.ndarray, truth_ids: np.ndarray,
-                         truth_scores: np.ndarray, k: int, atol: float = DEFAULT_TIE_ATOL) -> np.ndarray:
+def knn_recall_with_ties(
+    found_ids: np.ndarray,
+    found_scores: np.ndarray,
+    truth_ids: np.ndarray,
+    truth_scores: np.ndarray,
+    k: int,
+    atol: float = DEFAULT_TIE_ATOL,
+) -> np.ndarray:
     """``knn_recall`` that forgives ties at the boundary.
 
     A found id outside the exact top k still counts when its score equals (within ``atol``) the k-th exact
@@ -69,8 +76,9 @@ def first_match_rank(ranked_ids: np.ndarray, positives: Sequence[int] | np.ndarr
     return np.where(match.any(axis=1), match.argmax(axis=1), -1)
 
 
-def rank_with_ties(scores: np.ndarray, positive_cols: Sequence[int] | np.ndarray,
-                   higher_is_better: bool = True) -> np.ndarray:
+def rank_with_ties(
+    scores: np.ndarray, positive_cols: Sequence[int] | np.ndarray, higher_is_better: bool = True
+) -> np.ndarray:
     """0-based rank of each row's positive column among all columns, ties counted against it.
 
     The positive ranks after every other candidate scoring at least as well (pessimistic tie-break), so a
@@ -91,8 +99,9 @@ def recall_at_rank(ranks: np.ndarray, k: int) -> float:
     return float(((ranks >= 0) & (ranks < k)).mean())
 
 
-def average_precision(ranked_ids: Sequence[int] | np.ndarray, relevant: set[int] | frozenset[int],
-                      depth: int | None = None) -> float:
+def average_precision(
+    ranked_ids: Sequence[int] | np.ndarray, relevant: set[int] | frozenset[int], depth: int | None = None
+) -> float:
     """AP of one ranked list: sum of precision@rank at each relevant hit / number of relevant ids.
 
     With ``depth`` (AP@depth) only the first ``depth`` results count and the divisor is
@@ -136,8 +145,9 @@ def genre_matrix(genres: Sequence[str], separator: str = "|") -> tuple[np.ndarra
     return out, vocabulary
 
 
-def genre_agreement(genres: np.ndarray, query_rows: np.ndarray, neighbour_rows: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def genre_agreement(
+    genres: np.ndarray, query_rows: np.ndarray, neighbour_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per query: (precision, mean Jaccard) of its neighbours' genre sets against its own.
 
     precision = share of the valid neighbours sharing at least one genre with the query;
@@ -173,8 +183,9 @@ def genre_prior_weights(genres: np.ndarray) -> np.ndarray:
     return np.where(weights > 0, weights, floor)
 
 
-def sample_neighbours(n_items: int, query_rows: np.ndarray, k: int, rng: np.random.Generator,
-                      weights: np.ndarray | None = None) -> np.ndarray:
+def sample_neighbours(
+    n_items: int, query_rows: np.ndarray, k: int, rng: np.random.Generator, weights: np.ndarray | None = None
+) -> np.ndarray:
     """k distinct random item rows per query (never the query itself), uniformly or with ``weights``."""
     query_rows = np.asarray(query_rows)
     k = min(k, n_items - 1)
@@ -262,8 +273,12 @@ def latency_summary(seconds: Sequence[float] | np.ndarray) -> dict[str, float]:
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     if len(ms) == 0:
         return {"count": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
-    return {"count": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean())}
+    return {
+        "count": int(len(ms)),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
 
 
 def nanmean(values: np.ndarray) -> float:

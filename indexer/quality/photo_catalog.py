@@ -12,6 +12,7 @@ distractors are the demo catalog's synthetic posters (``indexer.demo_catalog``).
 If fewer than ``MIN_PHOTOS`` photos load, distinct non-overlapping crops of the largest photos are added
 as further photos (recorded in the ``crop`` column).
 """
+
 from __future__ import annotations
 
 import csv
@@ -109,9 +110,9 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return image[:, :, :3]
 
 
-def load_real_photos(sources: tuple[PhotoSource, ...] = REAL_PHOTOS,
-                     loader: Callable[[PhotoSource], np.ndarray] = _load
-                     ) -> tuple[list[tuple[PhotoSource, np.ndarray]], list[tuple[str, str]]]:
+def load_real_photos(
+    sources: tuple[PhotoSource, ...] = REAL_PHOTOS, loader: Callable[[PhotoSource], np.ndarray] = _load
+) -> tuple[list[tuple[PhotoSource, np.ndarray]], list[tuple[str, str]]]:
     """The photos that load offline, and (name, reason) for those that do not."""
     loaded, skipped = [], []
     for source in sources:
@@ -128,33 +129,40 @@ def _crop_to_aspect(image: np.ndarray, aspect: float) -> np.ndarray:
     h, w = image.shape[:2]
     if w / h > aspect:
         cw = round(h * aspect)
-        return image[:, (w - cw) // 2: (w - cw) // 2 + cw]
+        return image[:, (w - cw) // 2 : (w - cw) // 2 + cw]
     ch = round(w / aspect)
-    return image[(h - ch) // 2: (h - ch) // 2 + ch]
+    return image[(h - ch) // 2 : (h - ch) // 2 + ch]
 
 
 def photo_poster(image: np.ndarray, title: str) -> Image.Image:
     """A 300x450 poster: the photo filling the area above a dark title band."""
     w, h = POSTER_SIZE
     band_top = int(h * (1 - BAND_SHARE))
-    photo = Image.fromarray(_crop_to_aspect(_as_rgb(image), w / band_top)).resize((w, band_top),
-                                                                                  Image.Resampling.LANCZOS)
+    photo = Image.fromarray(_crop_to_aspect(_as_rgb(image), w / band_top)).resize(
+        (w, band_top), Image.Resampling.LANCZOS
+    )
     poster = Image.new("RGB", POSTER_SIZE, (0, 0, 0))
     poster.paste(photo, (0, 0))
     mean = np.asarray(photo, dtype=np.float64).reshape(-1, 3).mean(axis=0)
     d = ImageDraw.Draw(poster)
     d.rectangle([0, band_top, w, h], fill=tuple(int(v * 0.4) for v in mean))
     size = TITLE_FONT_SIZE
-    while size > MIN_TITLE_FONT_SIZE and d.textlength(title.upper(), font=ImageFont.load_default(size=size)) > w - 2 * \
-            TITLE_MARGIN:
+    while (
+        size > MIN_TITLE_FONT_SIZE
+        and d.textlength(title.upper(), font=ImageFont.load_default(size=size)) > w - 2 * TITLE_MARGIN
+    ):
         size -= 1
-    d.text((w / 2, band_top + (h - band_top) / 2), title.upper(), fill=(255, 255, 255),
-           font=ImageFont.load_default(size=size), anchor="mm")
+    d.text(
+        (w / 2, band_top + (h - band_top) / 2),
+        title.upper(),
+        fill=(255, 255, 255),
+        font=ImageFont.load_default(size=size),
+        anchor="mm",
+    )
     return poster
 
 
-def extra_crops(photos: list[tuple[PhotoSource, np.ndarray]], needed: int
-                ) -> list[tuple[PhotoSource, np.ndarray, str]]:
+def extra_crops(photos: list[tuple[PhotoSource, np.ndarray]], needed: int) -> list[tuple[PhotoSource, np.ndarray, str]]:
     """Up to ``needed`` non-overlapping crops (left/right halves, then quadrants) of the largest photos."""
     out: list[tuple[PhotoSource, np.ndarray, str]] = []
     by_area = sorted(photos, key=lambda p: -p[1].shape[0] * p[1].shape[1])
@@ -170,7 +178,9 @@ def extra_crops(photos: list[tuple[PhotoSource, np.ndarray]], needed: int
                     if len(out) == needed:
                         return out
                     box = (c * cw, r * ch, (c + 1) * cw, (r + 1) * ch)
-                    out.append((source, image[box[1]:box[3], box[0]:box[2]], f"{box[0]},{box[1]},{box[2]},{box[3]}"))
+                    out.append(
+                        (source, image[box[1] : box[3], box[0] : box[2]], f"{box[0]},{box[1]},{box[2]},{box[3]}")
+                    )
         if out:
             break  # one grid's crops are enough to be distinct; quadrants only if halves were impossible
     return out
@@ -205,11 +215,13 @@ def write_photo_catalog(out: Path, distractors: int = DEFAULT_DISTRACTORS, seed:
         photo_rows.append((movie_id, source.library, source.key, crop))
     pd.concat([movies, pd.DataFrame(new_movies, columns=movies.columns)]).to_csv(out / "movies.csv", index=False)
     pd.concat([links, pd.DataFrame(new_links, columns=links.columns)]).to_csv(out / "links.csv", index=False)
-    pd.concat([families, pd.DataFrame(new_families, columns=families.columns)]).to_csv(out / "families.csv",
-                                                                                       index=False)
+    pd.concat([families, pd.DataFrame(new_families, columns=families.columns)]).to_csv(
+        out / "families.csv", index=False
+    )
     with (out / "photos.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(("movieId", "source", "name", "crop"))
         writer.writerows(photo_rows)
-    return PhotoCatalogSummary(photos=len(entries), distractors=distractors, crops=len(crops),
-                               skipped=tuple(skipped), out=out)
+    return PhotoCatalogSummary(
+        photos=len(entries), distractors=distractors, crops=len(crops), skipped=tuple(skipped), out=out
+    )

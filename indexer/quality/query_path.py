@@ -6,6 +6,7 @@ batch (one model call for many queries); a single query is a batch of one. ``des
 recorded in every evaluation so runs with a different query path (localisation, GeM, whitening) can be
 told apart.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,21 +21,28 @@ from indexer.quality import QualityError
 from indexer.quality.bundle_view import BundleFacts
 
 QUERY_PATH_VERSION = 1
-QUERY_PATH_STEPS = ("indexer.images.decode_image(bundle resize policy, model input size)",
-                    "indexer.embedders.Embedder.embed (bundle model, weights, pooling)",
-                    "L2 normalize", "FAISS index search at the bundle's stored nprobe")
+QUERY_PATH_STEPS = (
+    "indexer.images.decode_image(bundle resize policy, model input size)",
+    "indexer.embedders.Embedder.embed (bundle model, weights, pooling)",
+    "L2 normalize",
+    "FAISS index search at the bundle's stored nprobe",
+)
 
 
 def query_embedder(facts: BundleFacts, embedder: Embedder | None = None) -> Embedder:
     """The bundle's embedder: ``embedder`` if it has the bundle's fingerprint, else a new one (≈ 2 s)."""
     if facts.embedder is None:
-        raise QualityError(f"bundle {facts.build_id} was built from precomputed vectors ({facts.model}): "
-                           "expected a bundle built from images for image queries")
+        raise QualityError(
+            f"bundle {facts.build_id} was built from precomputed vectors ({facts.model}): "
+            "expected a bundle built from images for image queries"
+        )
     if embedder is None:
         embedder = Embedder(EmbedderSpec.from_dict(facts.embedder))
     if facts.fingerprint and embedder.fingerprint != facts.fingerprint:
-        raise QualityError(f"embedder fingerprint expected {facts.fingerprint[:12]} (bundle {facts.build_id}), "
-                           f"got {embedder.fingerprint[:12]} (model, weights or library changed)")
+        raise QualityError(
+            f"embedder fingerprint expected {facts.fingerprint[:12]} (bundle {facts.build_id}), "
+            f"got {embedder.fingerprint[:12]} (model, weights or library changed)"
+        )
     return embedder
 
 

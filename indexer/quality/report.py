@@ -1,4 +1,5 @@
 """Writing results: JSON (NaN as null), Markdown tables and number formatting."""
+
 from __future__ import annotations
 
 import json

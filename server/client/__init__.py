@@ -4,6 +4,7 @@
 Installs on its own: ``pip install poster-similarity`` brings gRPC, protobuf, NumPy and Pillow only
 (no FAISS, pandas or TensorFlow; ``tests/test_client_install.py`` imports it with those blocked).
 """
+
 from server.client.api import DEFAULT_TARGET, PosterClient
 
 __all__ = ["DEFAULT_TARGET", "PosterClient"]

@@ -1,16 +1,18 @@
 """Python client for the PosterSimilarity service (plain domain types in and out)."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.client import convert
 from server._proto import posters_pb2 as pb
 from server._proto import posters_pb2_grpc as pb_grpc
+from server.client import convert
 from server.types import Item, Query, SearchOptions, SearchResult
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -30,11 +32,21 @@ class PosterClient:
     Errors are ``grpc.RpcError`` with the server's status code and message.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, tls_ca: Path | None = None,
-                 client_cert: Path | None = None, client_key: Path | None = None, timeout: float = 30.0,
-                 server_name: str | None = None, max_message_bytes: int = 12 * 1024 * 1024) -> None:
-        options: list[tuple[str, str | int]] = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        token: str | None = None,
+        tls_ca: Path | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
+        timeout: float = 30.0,
+        server_name: str | None = None,
+        max_message_bytes: int = 12 * 1024 * 1024,
+    ) -> None:
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         self._metadata: tuple[tuple[str, str], ...] = ()
@@ -42,7 +54,8 @@ class PosterClient:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=tls_ca.read_bytes(),
                 private_key=client_key.read_bytes() if client_key else None,
-                certificate_chain=client_cert.read_bytes() if client_cert else None)
+                certificate_chain=client_cert.read_bytes() if client_cert else None,
+            )
             if token:
                 creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerToken(token)))
             self.channel = grpc.secure_channel(target, creds, options=options)
@@ -61,11 +74,17 @@ class PosterClient:
         req = pb.SimilarToItemRequest(item_id=item_id, options=convert.options_to_proto(options))
         return convert.result_from_proto(self._call(self._stub.SimilarToItem, req))
 
-    def like(self, positive: Sequence[tuple[int, float]], negative: Sequence[tuple[int, float]] = (),
-             options: SearchOptions = SearchOptions()) -> SearchResult:
-        req = pb.SimilarToItemsRequest(positive=convert.weighted_to_proto(tuple(positive)),
-                                       negative=convert.weighted_to_proto(tuple(negative)),
-                                       options=convert.options_to_proto(options))
+    def like(
+        self,
+        positive: Sequence[tuple[int, float]],
+        negative: Sequence[tuple[int, float]] = (),
+        options: SearchOptions = SearchOptions(),
+    ) -> SearchResult:
+        req = pb.SimilarToItemsRequest(
+            positive=convert.weighted_to_proto(tuple(positive)),
+            negative=convert.weighted_to_proto(tuple(negative)),
+            options=convert.options_to_proto(options),
+        )
         return convert.result_from_proto(self._call(self._stub.SimilarToItems, req))
 
     def vector(self, vector: Sequence[float], options: SearchOptions = SearchOptions()) -> SearchResult:
@@ -111,7 +130,7 @@ class PosterClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "PosterClient":
+    def __enter__(self) -> PosterClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

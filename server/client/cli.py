@@ -3,6 +3,7 @@
 Output: a table (default), --json, and/or --sheet out.png (a contact sheet of
 the query poster and its neighbours; pass --posters DIR to show real posters).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ EPILOG = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posters-query", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="posters-query", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--target", default="127.0.0.1:50051", help="server address (default %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default %(default)s)")
     p.add_argument("--token-file", type=Path, help="bearer token file (or set $POSTERS_TOKEN)")
@@ -73,13 +75,22 @@ def _weighted(values: list[str]) -> tuple[tuple[int, float], ...]:
 
 def _print_result(result: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"bundle_version": result.bundle_version, "exact": result.exact,
-                          "neighbors": [{**h.item._asdict(), "score": h.score} for h in result.hits]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "bundle_version": result.bundle_version,
+                    "exact": result.exact,
+                    "neighbors": [{**h.item._asdict(), "score": h.score} for h in result.hits],
+                },
+                indent=2,
+            )
+        )
         return
     print(f"{'rank':>4}  {'score':>6}  {'id':>8}  title  [genres]")
     for n, h in enumerate(result.hits, 1):
         print(f"{n:>4}  {h.score:6.3f}  {h.item.item_id:>8}  {h.item.title}  [{'|'.join(h.item.genres)}]")
-    print(f"({len(result.hits)} results from bundle {result.bundle_version}, {'exact' if result.exact else 'approximate'})")
+    kind = "exact" if result.exact else "approximate"
+    print(f"({len(result.hits)} results from bundle {result.bundle_version}, {kind})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,8 +101,15 @@ def run(args: argparse.Namespace) -> int:
     from server.types import SearchOptions
 
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get("POSTERS_TOKEN") or None
-    with PosterClient(args.target, token=token, tls_ca=args.tls_ca, client_cert=args.tls_cert,
-                      client_key=args.tls_key, timeout=args.timeout, server_name=args.tls_server_name) as client:
+    with PosterClient(
+        args.target,
+        token=token,
+        tls_ca=args.tls_ca,
+        client_cert=args.tls_cert,
+        client_key=args.tls_key,
+        timeout=args.timeout,
+        server_name=args.tls_server_name,
+    ) as client:
         try:
             if args.command == "info":
                 info = client.info()
@@ -110,8 +128,14 @@ def run(args: argparse.Namespace) -> int:
                     for i in items:
                         print(f"{i.item_id:>8}  {i.title}  [{'|'.join(i.genres)}]")
                 return 0
-            options = SearchOptions(k=args.k, candidate_ids=tuple(args.candidates), exclude_ids=tuple(args.exclude),
-                                    min_score=args.min_score, nprobe=args.nprobe, exact=args.exact)
+            options = SearchOptions(
+                k=args.k,
+                candidate_ids=tuple(args.candidates),
+                exclude_ids=tuple(args.exclude),
+                min_score=args.min_score,
+                nprobe=args.nprobe,
+                exact=args.exact,
+            )
             query_image: bytes | Path | None = None
             if args.command == "similar":
                 result = client.similar(args.item_id, options)
@@ -120,8 +144,12 @@ def run(args: argparse.Namespace) -> int:
                 positive, negative = _weighted(args.items), _weighted(args.negative)
                 result = client.like(positive, negative, options)
                 first_title, query_image = _query_label(client, positive[0][0], args.posters)
-                query_title = "like " + first_title + (f" +{len(positive) - 1}" if len(positive) > 1 else "") + (
-                    f" not {len(negative)}" if negative else "")
+                query_title = (
+                    "like "
+                    + first_title
+                    + (f" +{len(positive) - 1}" if len(positive) > 1 else "")
+                    + (f" not {len(negative)}" if negative else "")
+                )
             else:
                 data = args.file.read_bytes()
                 query_image = data

@@ -3,16 +3,19 @@
 Imports only the generated code and ``server.types`` (NumPy): a client install needs neither FAISS,
 pandas nor TensorFlow.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from server._proto import posters_pb2 as pb
-from server.types import Hit, ImageQuery, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult, VectorQuery
+from server.types import Hit, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult, VectorQuery
+
 
 def options_to_proto(o: SearchOptions) -> pb.SearchOptions:
-    msg = pb.SearchOptions(k=o.k, candidate_ids=o.candidate_ids, exclude_ids=o.exclude_ids, nprobe=o.nprobe,
-                           exact=o.exact)
+    msg = pb.SearchOptions(
+        k=o.k, candidate_ids=o.candidate_ids, exclude_ids=o.exclude_ids, nprobe=o.nprobe, exact=o.exact
+    )
     if o.min_score is not None:
         msg.min_score = o.min_score
     return msg
@@ -26,12 +29,17 @@ def query_to_proto(q: Query) -> pb.Query:
     if isinstance(q, ItemQuery):
         return pb.Query(item=pb.SimilarToItemRequest(item_id=q.item_id, options=options_to_proto(q.options)))
     if isinstance(q, ItemsQuery):
-        return pb.Query(items=pb.SimilarToItemsRequest(positive=weighted_to_proto(q.positive),
-                                                       negative=weighted_to_proto(q.negative),
-                                                       options=options_to_proto(q.options)))
+        return pb.Query(
+            items=pb.SimilarToItemsRequest(
+                positive=weighted_to_proto(q.positive),
+                negative=weighted_to_proto(q.negative),
+                options=options_to_proto(q.options),
+            )
+        )
     if isinstance(q, VectorQuery):
-        return pb.Query(vector=pb.SearchByVectorRequest(vector=list(map(float, q.vector)),
-                                                        options=options_to_proto(q.options)))
+        return pb.Query(
+            vector=pb.SearchByVectorRequest(vector=list(map(float, q.vector)), options=options_to_proto(q.options))
+        )
     return pb.Query(image=pb.SearchByImageRequest(image=q.data, options=options_to_proto(q.options)))
 
 
