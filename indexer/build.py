@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections import Counter
 import logging
 import platform
+import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,10 +26,12 @@ from indexer.index import IndexSpec, build_index, normalize
 from indexer.neighbours import DEFAULT_K, NEAR_DUPLICATE_COSINE, near_duplicate_pairs, neighbour_table
 from indexer.pipeline import PipelineConfig, embed_files
 from indexer.precomputed import PrecomputedConfig, load_precomputed
+from indexer.thumbnails import ThumbnailSpec, ThumbnailStore
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = Path("cache") / "embeddings.sqlite"
+THUMBNAIL_CACHE_FILE = "thumbnails.sqlite"  # beside the embedding cache
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class BuildConfig:
     use_cache: bool = True
     cache_path: Path | None = None  # default: <index_root>/cache/embeddings.sqlite
     max_pixels: int = DEFAULT_MAX_PIXELS
+    thumbnails: ThumbnailSpec | None = field(default_factory=ThumbnailSpec)  # None: no thumbnails in the bundle
 
 
 @dataclass
@@ -70,9 +75,38 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+@dataclass
+class _Embedded:
+    items: pd.DataFrame
+    vectors: np.ndarray
+    problems: list[Problem]
+    info: bundles.EmbedderInfo
+    from_cache: int
+    embedded: int
+    keys: list[str]  # content hash of each row's poster (thumbnail lookup)
+
+
+def _thumbnail_store(config: BuildConfig, stack: contextlib.ExitStack) -> ThumbnailStore | None:
+    if config.thumbnails is None:
+        return None
+    if config.use_cache:
+        path = (config.cache_path or config.index_root / CACHE_FILE).parent / THUMBNAIL_CACHE_FILE
+    else:  # no cache: thumbnails live only as long as this build
+        path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="posters-thumbs-"))) / THUMBNAIL_CACHE_FILE
+    store = ThumbnailStore(path, config.thumbnails)
+    stack.callback(store.close)
+    return store
+
+
 def _embed_catalog(
-    config: BuildConfig, catalog: Catalog, embedder: Embedder | None
-) -> tuple[pd.DataFrame, np.ndarray, list[Problem], bundles.EmbedderInfo, int, int]:
+    config: BuildConfig, catalog: Catalog, embedder: Embedder | None, thumbs: ThumbnailStore | None
+) -> _Embedded:
+    if len(catalog.items) == 0:  # before loading a model: an empty folder fails in a second, not after 40
+        raise BuildError(
+            f"nothing to index: no poster files found for the catalog ({len(catalog.problems)} problems, e.g. "
+            f"{catalog.problems[0].reason if catalog.problems else 'an empty folder'}); "
+            f"{config.index_root / bundles.CURRENT} unchanged"
+        )
     embedder = embedder or Embedder(config.embedder)
     if embedder.spec != config.embedder:
         raise BuildError(f"embedder spec mismatch: config {config.embedder}, embedder {embedder.spec}")
@@ -82,7 +116,7 @@ def _embed_catalog(
     if config.use_cache:
         cache = EmbeddingCache(config.cache_path or config.index_root / CACHE_FILE, embedder.fingerprint, embedder.dim)
     try:
-        outcome = embed_files(paths, embedder.embed, decode, config.pipeline, cache)
+        outcome = embed_files(paths, embedder.embed, decode, config.pipeline, cache, thumbs)
     finally:
         if cache is not None:
             cache.close()
@@ -102,7 +136,10 @@ def _embed_catalog(
         rate,
     )
     info = bundles.EmbedderInfo(**embedder.describe())
-    return items.iloc[ok].reset_index(drop=True), vectors, problems, info, outcome.from_cache, outcome.embedded
+    keys = [outcome.hashes[int(p)] for p in ok]
+    return _Embedded(
+        items.iloc[ok].reset_index(drop=True), vectors, problems, info, outcome.from_cache, outcome.embedded, keys
+    )
 
 
 def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, list[Problem]]:
@@ -115,6 +152,8 @@ def _load_precomputed(config: BuildConfig) -> tuple[pd.DataFrame, np.ndarray, li
     meta = meta.assign(
         title=meta["title"].fillna(""), genres=meta["genres"].fillna(""), poster=meta["poster"].fillna("")
     )
+    for column in ("imdb_id", "tmdb_id", "year", "rating_count"):
+        meta[column] = meta[column].astype("Int64")
     return meta, vectors, problems
 
 
@@ -126,9 +165,11 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
     root = config.index_root
-    with bundles.build_lock(root):
+    with bundles.build_lock(root), contextlib.ExitStack() as stack:
         bundles.remove_stale_staging(root)
         from_cache = embedded = 0
+        thumbs: ThumbnailStore | None = None
+        keys: list[str] | None = None
         if config.precomputed is not None:
             items, vectors, problems = _load_precomputed(config)
             model_name, embedder_info = config.precomputed.model_name, None
@@ -138,7 +179,10 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             catalog = load_catalog(config.catalog)
             phases["catalog"] = time.perf_counter() - t0
             t = time.perf_counter()
-            items, vectors, problems, embedder_info, from_cache, embedded = _embed_catalog(config, catalog, embedder)
+            thumbs = _thumbnail_store(config, stack)
+            done = _embed_catalog(config, catalog, embedder, thumbs)
+            items, vectors, problems, embedder_info = done.items, done.vectors, done.problems, done.info
+            from_cache, embedded, keys = done.from_cache, done.embedded, done.keys
             model_name = embedder_info.model
             phases["embed"] = time.perf_counter() - t
         vectors, ok = normalize(vectors)
@@ -152,6 +196,8 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
                 )
             )
         items, vectors = items[ok].reset_index(drop=True), vectors[ok]
+        if keys is not None:
+            keys = [k for k, keep in zip(keys, ok.tolist()) if keep]
         if len(items) == 0:
             raise BuildError(
                 f"nothing to index: 0 usable items ({len(problems)} problems); {root / bundles.CURRENT} unchanged"
@@ -169,8 +215,12 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             phases["neighbours"] = time.perf_counter() - t
         duplicates = None if nids is None or nscores is None else near_duplicate_pairs(ids, nids, nscores)
         if duplicates:
-            log.warning("%d pairs of items have near-identical posters (cosine > %.2f): a catalog error? "
-                        "posters-index eval ROOT lists them", duplicates, NEAR_DUPLICATE_COSINE)
+            log.warning(
+                "%d pairs of items have near-identical posters (cosine > %.2f): a catalog error? "
+                "posters-index eval ROOT lists them",
+                duplicates,
+                NEAR_DUPLICATE_COSINE,
+            )
         build_id = bundles.new_build_id(started)
         manifest = bundles.Manifest(
             build_id=build_id,
@@ -183,6 +233,13 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             item_count=len(ids),
             failure_count=len(problems),
             near_duplicate_pairs=duplicates,
+            thumbnails=(
+                bundles.ThumbnailsInfo(
+                    width=thumbs.spec.width, height=thumbs.spec.height, quality=thumbs.spec.quality, count=0
+                )
+                if thumbs is not None
+                else None
+            ),
             source={
                 "catalog": {k: str(v) for k, v in asdict(config.catalog).items()} if config.catalog else None,
                 "precomputed": {k: str(v) for k, v in asdict(config.precomputed).items()}
@@ -195,8 +252,9 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
         )
         t = time.perf_counter()
         log.info("writing bundle %s to staging", build_id)
+        posters = thumbs.in_order(list(keys)) if thumbs is not None and keys is not None else None
         staged = bundles.write_staging(
-            root, bundles.BundleContents(built.index, items, problems, manifest, nids, nscores)
+            root, bundles.BundleContents(built.index, items, problems, manifest, nids, nscores, posters)
         )
         phases["write"] = time.perf_counter() - t
         path = bundles.publish(root, staged)

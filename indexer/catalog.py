@@ -23,7 +23,9 @@ from indexer.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-ITEM_COLUMNS = ("item_id", "title", "genres", "imdb_id", "tmdb_id", "poster")
+ITEM_COLUMNS = ("item_id", "title", "genres", "imdb_id", "tmdb_id", "poster", "year", "rating_count")
+# MovieLens titles end with the release year: "Toy Story (1995)", "Babylon 5 (1994-1998)"
+TITLE_YEAR = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
 PATTERN_FIELDS = ("movieId", "imdbId", "tmdbId")
 DEFAULT_PATTERN = "{movieId}"
 RATINGS_CHUNK_ROWS = 2_000_000
@@ -76,8 +78,15 @@ def empty_items() -> pd.DataFrame:
             "imdb_id": pd.Series(dtype="Int64"),
             "tmdb_id": pd.Series(dtype="Int64"),
             "poster": pd.Series(dtype="object"),
+            "year": pd.Series(dtype="Int64"),
+            "rating_count": pd.Series(dtype="Int64"),
         }
     )
+
+
+def title_years(titles: pd.Series) -> pd.Series:
+    """The release year at the end of each MovieLens title, or NA."""
+    return pd.to_numeric(titles.astype(str).str.extract(TITLE_YEAR, expand=False), errors="coerce").astype("Int64")
 
 
 def _codec(encoding: str) -> str:
@@ -246,11 +255,14 @@ def load_movies(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame:
             imdb_id=pd.Series(pd.NA, index=out.index, dtype="Int64"),
             tmdb_id=pd.Series(pd.NA, index=out.index, dtype="Int64"),
         )
-    if config.min_ratings > 0:
-        if config.ratings_csv is None:
-            raise CatalogError("--min-ratings needs ratings.csv (--ratings)")
+    out = out.assign(year=title_years(out["title"]), rating_count=pd.Series(pd.NA, index=out.index, dtype="Int64"))
+    if config.min_ratings > 0 and config.ratings_csv is None:
+        raise CatalogError("--min-ratings needs ratings.csv (--ratings)")
+    if config.ratings_csv is not None:  # the popularity column of filters, and the --min-ratings filter
         counts = _rating_counts(config.ratings_csv, config.encoding, problems)
-        keep = out["item_id"].map(counts).fillna(0) > config.min_ratings
+        out = out.assign(rating_count=out["item_id"].map(counts).fillna(0).astype("Int64"))
+    if config.min_ratings > 0:
+        keep = out["rating_count"].fillna(0) > config.min_ratings
         log.info(
             "popularity filter: %d of %d movies rated more than %d times", int(keep.sum()), len(out), config.min_ratings
         )
@@ -409,6 +421,8 @@ def _bare_folder(config: CatalogConfig, problems: list[Problem]) -> pd.DataFrame
     return items.assign(
         imdb_id=pd.Series(pd.NA, index=items.index, dtype="Int64"),
         tmdb_id=pd.Series(pd.NA, index=items.index, dtype="Int64"),
+        year=pd.Series(pd.NA, index=items.index, dtype="Int64"),
+        rating_count=pd.Series(pd.NA, index=items.index, dtype="Int64"),
     )
 
 

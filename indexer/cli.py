@@ -1,20 +1,28 @@
-"""``posters-index``: build and inspect poster index bundles."""
+"""posters-index: build and inspect poster index bundles."""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from indexer.extras import INDEX_MODULES, require
+
+if TYPE_CHECKING:
+    from indexer.build import BuildReport
+    from indexer.bundle.layout import BuildRow
 
 EXIT_ERROR = 2  # bad input or environment (also argparse's usage errors)
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+STDOUT = "-"  # --summary-json - : the JSON summary on stdout
+SUMMARY_SECONDS_DIGITS = 3  # phase timings in the JSON summary, rounded to milliseconds
 
 EPILOG = """examples:
   posters-index build --movies ml/movies.csv --links ml/links.csv --posters ml/posters \\
@@ -22,6 +30,8 @@ EPILOG = """examples:
   posters-index build --posters some/folder --out indexes/folder      # bare folder of images
   posters-index build --embeddings vecs.npy --ids ids.npy --movies ml/movies.csv --out indexes/pre
   posters-index info indexes/posters
+  posters-index list indexes/posters                                  # builds, sizes, checks, CURRENT
+  posters-index rollback indexes/posters                              # CURRENT back to the previous build
   posters-index demo-catalog demo/catalog --count 120
 """
 
@@ -120,11 +130,44 @@ def _build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     out.add_argument("--cache", type=Path, help="embedding cache file (default ROOT/cache/embeddings.sqlite)")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
+    out.add_argument(
+        "--summary-json",
+        metavar="PATH",
+        help="also write the build summary as JSON to PATH ('-': stdout, the human summary then goes to stderr): "
+        "counts, failures by stage and reason, timings, ok; a failed build writes ok false and the error",
+    )
 
     i = sub.add_parser("info", help="summarize a bundle and verify its checksums")
     i.add_argument("root", type=Path, help="index root (or a bundle directory)")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument("--failures", type=int, default=10, help="show this many failures")
+
+    ls = sub.add_parser(
+        "list",
+        help="the builds of an index root: which is CURRENT, sizes, checks",
+        description="One line per published build, oldest first: build id, created, items, failures, index type, "
+        "size on disk, '*' for CURRENT, and the result of its checks. Exit 2 if CURRENT does not name a "
+        "published build that passes them.",
+    )
+    ls.add_argument("root", type=Path, metavar="ROOT", help="index root")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument(
+        "--quick",
+        action="store_true",
+        help="read only manifests and file sizes (default: verify every build as the server does: checksums, "
+        "index, ids)",
+    )
+    ls.add_argument("--all", action="store_true", help="also list unfinished builds (builds/.staging-*)")
+    rb = sub.add_parser(
+        "rollback",
+        help="point CURRENT back at an earlier (or any published) build, verified first",
+        description="Replace CURRENT atomically by BUILD (default: the newest published build older than "
+        "CURRENT), after verifying it whole; holds the build lock. Refused, with CURRENT unchanged and exit 2: "
+        "an unknown build, one that fails verification, the CURRENT build itself, or nothing older to go to. "
+        "A running posters-serve picks the change up at its next poll (or at once on SIGHUP).",
+    )
+    rb.add_argument("root", type=Path, metavar="ROOT", help="index root")
+    rb.add_argument("build", nargs="?", metavar="BUILD", help="build id to publish (see 'posters-index list ROOT')")
 
     d = sub.add_parser(
         "demo-catalog",
@@ -141,16 +184,124 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    summary_to: str | None = args.summary_json
+    if summary_to not in (None, STDOUT) and not Path(summary_to).parent.is_dir():
+        print(
+            f"posters-index: error: --summary-json expected a file in an existing directory, got {summary_to}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    try:
+        report = _run_build(args)
+    except BaseException as exc:  # the summary file says why (a cron job always gets one), then main reports it
+        if summary_to is not None:
+            _write_summary(summary_to, _failed_summary(args.out, exc))
+        raise
+    by_reason, by_stage = _failure_breakdown(report.path)
+    if summary_to is not None:
+        _write_summary(summary_to, _build_summary(report, by_reason))
+    out = sys.stderr if summary_to == STDOUT else sys.stdout  # '-': stdout holds only the JSON
+    if report.failure_count and not by_stage:  # failures.csv unreadable: by stage only
+        failures = ", ".join(f"{n} {stage}" for stage, n in sorted(report.failures_by_stage.items()))
+    else:
+        failures = "; ".join(
+            f"{stage}: " + ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+            for stage, reasons in by_stage.items()
+        )
+    print(
+        f"published {report.build_id}: {report.item_count} items, {report.failure_count} failures"
+        f"{f' ({failures})' if failures else ''}; {report.embedded} embedded, {report.from_cache} from cache; "
+        f"{report.phases['total']:.1f}s",
+        file=out,
+    )
+    if report.near_duplicate_pairs:
+        print(
+            f"warning: {report.near_duplicate_pairs} pairs of near-identical posters (two movies, one poster?); "
+            f"'posters-index eval {report.path.parent.parent}' lists them",
+            file=out,
+        )
+    print(f"bundle: {report.path}", file=out)
+    return 0
+
+
+def _failure_breakdown(bundle_dir: Path) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Failures of a published bundle by reason class, and by stage then reason class (from failures.csv)."""
+    from indexer import bundle as bundles
+    from indexer.failure_reasons import count_reasons
+
+    try:
+        failures = bundles.load_failures(bundle_dir)
+    except bundles.BundleError as exc:  # published and verified a moment ago: only a concurrent prune gets here
+        logging.getLogger(__name__).warning("cannot break the failures down by reason: %s", exc)
+        return {}, {}
+    by_stage = {str(stage): count_reasons(group["reason"]) for stage, group in failures.groupby("stage", sort=True)}
+    return count_reasons(failures["reason"]), by_stage
+
+
+def _summary_fields(root: Path) -> dict[str, object]:
+    """Every key of the --summary-json object, so a failed build's summary has the same shape."""
+    keys = ("build_id", "path", "item_count", "failure_count", "failures_by_stage", "failures_by_reason")
+    more = ("embedded", "from_cache", "near_duplicate_pairs", "phase_seconds", "error")
+    return {"ok": False, "root": str(root), **dict.fromkeys(keys + more)}
+
+
+def _build_summary(report: BuildReport, by_reason: dict[str, int]) -> dict[str, object]:
+    return {
+        **_summary_fields(report.path.parent.parent),
+        "ok": True,
+        "build_id": report.build_id,
+        "path": str(report.path),
+        "item_count": report.item_count,
+        "failure_count": report.failure_count,
+        "failures_by_stage": dict(sorted(report.failures_by_stage.items())),
+        "failures_by_reason": by_reason,
+        "embedded": report.embedded,
+        "from_cache": report.from_cache,
+        "near_duplicate_pairs": report.near_duplicate_pairs,
+        "phase_seconds": {k: round(v, SUMMARY_SECONDS_DIGITS) for k, v in report.phases.items()},
+    }
+
+
+def _failed_summary(root: Path, exc: BaseException) -> dict[str, object]:
+    from indexer.errors import IndexerError
+
+    if isinstance(exc, KeyboardInterrupt):
+        error = "interrupted"
+    elif isinstance(exc, IndexerError):
+        error = str(exc)
+    elif isinstance(exc, OSError):
+        error = _os_error_line(exc, "build")
+    else:
+        error = f"internal error: {type(exc).__name__}: {exc}"
+    return {**_summary_fields(root), "error": " ".join(error.split())}
+
+
+def _write_summary(target: str, summary: dict[str, object]) -> None:
+    text = json.dumps(summary, indent=2) + "\n"
+    if target == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(target)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:  # a reader never sees half a summary
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _run_build(args: argparse.Namespace) -> BuildReport:
     from indexer.build import BuildConfig, build
     from indexer.catalog import CatalogConfig
     from indexer.embedders import EmbedderSpec
+    from indexer.errors import BuildError
     from indexer.index import IndexSpec
     from indexer.pipeline import PipelineConfig
     from indexer.precomputed import PrecomputedConfig
 
     if args.embeddings is None and args.posters is None:
-        print("posters-index: error: build needs --posters (with or without --movies) or --embeddings", file=sys.stderr)
-        return EXIT_ERROR
+        raise BuildError("build needs --posters (with or without --movies) or --embeddings")
     catalog = None
     if args.posters is not None or args.movies is not None:
         catalog = CatalogConfig(
@@ -176,18 +327,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         cache_path=args.cache,
         max_pixels=args.max_pixels,
     )
-    report = build(config)
-    stages = ", ".join(f"{n} {stage}" for stage, n in sorted(report.failures_by_stage.items()))
-    print(
-        f"published {report.build_id}: {report.item_count} items, {report.failure_count} failures"
-        f"{f' ({stages})' if stages else ''}; {report.embedded} embedded, {report.from_cache} from cache; "
-        f"{report.phases['total']:.1f}s"
-    )
-    if report.near_duplicate_pairs:
-        print(f"warning: {report.near_duplicate_pairs} pairs of near-identical posters (two movies, one poster?); "
-              f"'posters-index eval {report.path.parent.parent}' lists them")
-    print(f"bundle: {report.path}")
-    return 0
+    return build(config)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -241,6 +381,110 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _created(text: str | None) -> str:
+    """A manifest's created_at as an ISO-8601 date to the second, with its zone."""
+    import datetime as dt
+
+    if text is None:
+        return "-"
+    try:
+        return dt.datetime.fromisoformat(text).isoformat(timespec="seconds")
+    except ValueError:
+        return text
+
+
+def _current_problem(root: Path, rows: list[BuildRow]) -> tuple[str | None, str | None]:
+    """(the build id CURRENT names, why CURRENT does not name a published build passing its checks, or None)."""
+    from indexer import bundle as bundles
+
+    try:
+        current = bundles.read_current(root, missing_ok=True)
+    except bundles.BundleError as exc:
+        return None, str(exc)
+    if current is None:
+        return None, f"{root / bundles.CURRENT} does not exist: nothing is published"
+    row = next((r for r in rows if r.finished and r.build_id == current), None)
+    if row is None:
+        return current, f"CURRENT names {current}, which is not a published build in {root / bundles.BUILDS}"
+    if row.problems:
+        return current, f"the CURRENT build {current} fails its checks"
+    return current, None
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from indexer.bundle.layout import BUILDS, describe_builds
+
+    root: Path = args.root
+    if not (root / BUILDS).is_dir():
+        print(
+            f"posters-index: error: {root} is not an index root: expected a {BUILDS}/ directory in it", file=sys.stderr
+        )
+        return EXIT_ERROR
+    rows = describe_builds(root, verify=not args.quick, include_staging=args.all)
+    current, problem = _current_problem(root, rows)
+    checks = "quick" if args.quick else "full"
+    if args.json:
+        builds = [
+            {
+                "build_id": r.build_id,
+                "path": str(r.path),
+                "finished": r.finished,
+                "is_current": r.is_current,
+                "created_at": r.created_at,
+                "item_count": r.item_count,
+                "failure_count": r.failure_count,
+                "index_type": r.index_type,
+                "size_bytes": r.size_bytes,
+                "ok": r.ok,
+                "problems": list(r.problems),
+            }
+            for r in rows
+        ]
+        doc = {"root": str(root), "current": current, "current_problem": problem, "checks": checks, "builds": builds}
+        print(json.dumps(doc, indent=2))
+        return EXIT_ERROR if problem else 0
+    table = [("", "build id", "created", "items", "failures", "index", "size MB", "checks")]
+    for r in rows:
+        status = "ok" if r.ok else ("unfinished" if not r.finished else "INVALID: " + "; ".join(r.problems))
+        table.append(
+            (
+                "*" if r.is_current else "",
+                r.build_id,
+                _created(r.created_at),
+                "-" if r.item_count is None else str(r.item_count),
+                "-" if r.failure_count is None else str(r.failure_count),
+                r.index_type or "-",
+                f"{r.size_mb:.2f}",
+                status,
+            )
+        )
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]
+    right = {3, 4, 6}  # numbers
+    for row in table:
+        cells = [cell.rjust(w) if c in right else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths))]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    if not rows:
+        print(f"(no builds in {root / BUILDS})")
+    print(
+        "checks: quick (manifest and file sizes only; run without --quick to verify checksums, index and ids)"
+        if args.quick
+        else "checks: full (checksums, index, ids: what posters-serve checks before serving)"
+    )
+    if problem:
+        print(f"posters-index: error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from indexer.bundle.layout import rollback
+
+    done = rollback(args.root, args.build)
+    print(f"CURRENT before: {done.previous or '(missing or unreadable)'}")
+    print(f"CURRENT after:  {done.current} (verified)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from indexer.demo_catalog import write_demo_catalog
 
@@ -273,9 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from indexer.quality.cli import COMMANDS as QUALITY_COMMANDS
 
-        return {"build": _cmd_build, "info": _cmd_info, "demo-catalog": _cmd_demo, **QUALITY_COMMANDS}[args.command](
-            args
-        )
+        return {
+            "build": _cmd_build,
+            "info": _cmd_info,
+            "list": _cmd_list,
+            "rollback": _cmd_rollback,
+            "demo-catalog": _cmd_demo,
+            **QUALITY_COMMANDS,
+        }[args.command](args)
     except KeyboardInterrupt:
         print("posters-index: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

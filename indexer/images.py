@@ -112,11 +112,12 @@ def _fit(im: Image.Image, size: int, policy: str, background: tuple[int, int, in
     raise ValueError(f"resize policy expected pad, stretch or center-crop, got {policy!r}")
 
 
-def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
-    """Decode encoded image bytes to a ``(size, size, 3)`` uint8 array.
+def decode_full(data: bytes, config: DecodeConfig, max_side: int) -> Image.Image:
+    """Decode encoded image bytes to an RGB image, as displayed (EXIF orientation applied), reduced so
+    that its shorter side is about ``max_side`` or less; the same guards as ``decode_image``.
 
-    Raises ImageTooLargeError for inputs above the byte or pixel limits, and
-    ImageError with a readable reason for anything that is not a usable image.
+    Raises ImageTooLargeError for inputs above the byte, pixel or decoded-size limits, and ImageError
+    with a readable reason for anything that is not a usable image.
     """
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")
@@ -136,12 +137,13 @@ def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
                     f"image is {w}x{h} in mode {im.mode} = {decoded} bytes decoded, limit is {config.max_decoded_bytes}"
                 )
             orientation = im.getexif().get(EXIF_ORIENTATION_TAG)
-            im.draft("RGB", (config.size, config.size))  # JPEG: decode at reduced scale, much faster
-            im = _shrink(im, config.size)
+            im.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced scale, much faster
+            im = _shrink(im, max_side)
             if orientation in EXIF_TRANSPOSE:
                 im = im.transpose(EXIF_TRANSPOSE[orientation])
             rgb = _to_rgb(im, config.background)
-            return np.asarray(_fit(rgb, config.size, config.resize, config.background), dtype=np.uint8)
+            rgb.load()  # decode now, while the file is open (an RGB image may still be the lazy original)
+            return rgb
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -150,3 +152,24 @@ def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
         raise ImageError(f"not a recognised image (allowed formats: {', '.join(ALLOWED_FORMATS)})") from None
     except Exception as exc:
         raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_image(data: bytes, config: DecodeConfig) -> np.ndarray:
+    """Decode encoded image bytes to a ``(size, size, 3)`` uint8 array (the model's input).
+
+    Raises ImageTooLargeError for inputs above the byte or pixel limits, and
+    ImageError with a readable reason for anything that is not a usable image.
+    """
+    rgb = decode_full(data, config, config.size)
+    try:
+        return np.asarray(_fit(rgb, config.size, config.resize, config.background), dtype=np.uint8)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def fit_to_input(rgb: Image.Image, config: DecodeConfig) -> np.ndarray:
+    """An RGB image already decoded (e.g. a window cut from a query photo) -> the model's ``(size, size, 3)``
+    uint8 input, with the same resize policy and background as ``decode_image``."""
+    return np.asarray(_fit(rgb, config.size, config.resize, config.background), dtype=np.uint8)

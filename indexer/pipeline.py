@@ -23,6 +23,7 @@ from tqdm import tqdm
 from indexer.cache import EmbeddingCache, content_hash
 from indexer.errors import ImageError, ImageTooLargeError
 from indexer.images import DecodeConfig, decode_image
+from indexer.thumbnails import ThumbnailStore, make_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class EmbedOutcome:
 
     vectors: dict[int, np.ndarray] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
+    hashes: dict[int, str] = field(default_factory=dict)  # content hash of each readable poster
+    thumbnails_made: int = 0
     from_cache: int = 0
     embedded: int = 0
     seconds: float = 0.0
@@ -57,6 +60,7 @@ class _Prepared:
     key: str
     cached: np.ndarray | None
     image: np.ndarray | None
+    thumbnail: bytes | None = None  # made from the same bytes when the store lacks it
 
 
 def _read(path: Path, limit: int) -> bytes:
@@ -65,7 +69,9 @@ def _read(path: Path, limit: int) -> bytes:
         return fh.read(limit + 1)
 
 
-def _prepare(path: Path, decode: DecodeConfig, cache: EmbeddingCache | None) -> _Prepared:
+def _prepare(
+    path: Path, decode: DecodeConfig, cache: EmbeddingCache | None, thumbs: ThumbnailStore | None
+) -> _Prepared:
     try:
         data = _read(path, decode.max_bytes)
     except OSError as exc:
@@ -73,10 +79,13 @@ def _prepare(path: Path, decode: DecodeConfig, cache: EmbeddingCache | None) -> 
     if len(data) > decode.max_bytes:
         raise ImageTooLargeError(f"file is more than {decode.max_bytes} bytes, the limit")
     key = content_hash(data)
+    thumbnail = None
+    if thumbs is not None and not thumbs.has(key):
+        thumbnail = make_thumbnail(data, thumbs.spec, decode)
     cached = cache.get(key) if cache is not None else None
     if cached is not None:
-        return _Prepared(key, cached, None)
-    return _Prepared(key, None, decode_image(data, decode))
+        return _Prepared(key, cached, None, thumbnail)
+    return _Prepared(key, None, decode_image(data, decode), thumbnail)
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, prefetch: int) -> Iterator[Future]:
@@ -109,6 +118,7 @@ class _Batcher:
 
     def add(self, pos: int, prepared: _Prepared) -> None:
         key = prepared.key
+        self.out.hashes[pos] = key
         if key in self.resolved:  # same content as a poster embedded earlier in this run
             self.out.vectors[pos] = self.resolved[key]
             self.out.embedded += 1
@@ -149,19 +159,25 @@ def embed_files(
     decode: DecodeConfig,
     config: PipelineConfig,
     cache: EmbeddingCache | None = None,
+    thumbs: ThumbnailStore | None = None,
 ) -> EmbedOutcome:
-    """Embed every file in ``paths`` (by position), reusing and filling ``cache``."""
+    """Embed every file in ``paths`` (by position), reusing and filling ``cache``; with ``thumbs``, make the
+    missing thumbnails from the same bytes (each file is still read once)."""
     start = time.perf_counter()
     out = EmbedOutcome()
     bar = tqdm(total=len(paths), unit="poster", desc="embedding", disable=not config.progress, smoothing=0.1)
     batcher = _Batcher(embed, cache, out, bar)
-    prepare = functools.partial(_prepare, decode=decode, cache=cache)
+    prepare = functools.partial(_prepare, decode=decode, cache=cache, thumbs=thumbs)
     try:
         with ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="decode") as pool:
             prepared = _bounded_map(pool, prepare, paths, prefetch=PREFETCH_BATCHES * config.batch_size)
             for pos, fut in enumerate(prepared):
                 try:
-                    batcher.add(pos, fut.result())
+                    prepared_poster = fut.result()
+                    if thumbs is not None and prepared_poster.thumbnail is not None:
+                        thumbs.put(prepared_poster.key, prepared_poster.thumbnail)
+                        out.thumbnails_made += 1
+                    batcher.add(pos, prepared_poster)
                 except ImageError as exc:
                     out.failures[pos] = str(exc)
                     bar.update(1)
@@ -170,6 +186,8 @@ def embed_files(
             batcher.flush()
     finally:
         bar.close()
+        if thumbs is not None:
+            thumbs.commit()
     out.seconds = time.perf_counter() - start
     log.info("posters: %d embedded, %d from cache, %d unusable", out.embedded, out.from_cache, len(out.failures))
     return out

@@ -49,6 +49,8 @@ def _build_cmd(kind: str, tmp: Path, root: Path) -> list[str]:
     cmd = [sys.executable, "-m", "indexer.cli", "build", "--out", str(root), "--quiet"]
     if kind == "precomputed":
         return cmd + ["--embeddings", str(tmp / "vectors.npz"), "--index", "ivf", "--neighbours", "50"]
+    if kind == "small":  # write-fault trials: every file of the bundle, built in seconds
+        return cmd + ["--embeddings", str(tmp / "small.npz"), "--index", "ivf", "--neighbours", "50"]
     cat = tmp / "catalog"
     cmd += [
         "--movies",
@@ -99,7 +101,8 @@ def _write_fault_trials(tmp: Path, rng: random.Random, trials: int, env: dict[st
 
     rows: list[dict] = []
     probe = tmp / "probe"
-    subprocess.run(_build_cmd("precomputed", tmp, probe), check=True, capture_output=True, env=env, cwd=ROOT)
+    np.savez(tmp / "small.npz", ids=np.arange(1, 5_001), vectors=clustered_vectors(5_000, 128, seed=6))
+    subprocess.run(_build_cmd("small", tmp, probe), check=True, capture_output=True, env=env, cwd=ROOT)
     sizes = [f.stat().st_size for f in next((probe / "builds").iterdir()).iterdir()]
     bundle_bytes, largest = sum(sizes), max(sizes)
     for trial in range(trials):
@@ -110,7 +113,7 @@ def _write_fault_trials(tmp: Path, rng: random.Random, trials: int, env: dict[st
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
         first = subprocess.run(
-            _build_cmd("precomputed", tmp, root),
+            _build_cmd("small", tmp, root),
             capture_output=True,
             text=True,
             env=env,
@@ -148,20 +151,31 @@ def _write_fault_trials(tmp: Path, rng: random.Random, trials: int, env: dict[st
         try:
             root = mount / "root"
             exits = []
+            messages = []
             for _ in range(3):  # keep building until the disk is full; every published bundle must still load
                 out = subprocess.run(
-                    _build_cmd("precomputed", tmp, root) + ["--keep", "5"],
+                    _build_cmd("small", tmp, root) + ["--keep", "5"],
                     capture_output=True,
                     text=True,
                     env=env,
                     cwd=ROOT,
                 )
                 exits.append(out.returncode)
+                messages.append(out.stderr.strip().splitlines()[-1:] if out.returncode else [])
                 if "Traceback" in out.stderr:
                     exits.append(-1)
             problems = _published_all_load(root)
             ok = set(exits) <= {0, 2} and not problems
-            rows.append({"kind": "full-disk", "disk_bytes": size, "exits": exits, "ok": ok, "problems": problems})
+            rows.append(
+                {
+                    "kind": "full-disk",
+                    "disk_bytes": size,
+                    "exits": exits,
+                    "ok": ok,
+                    "problems": problems,
+                    "messages": messages,
+                }
+            )
             print(f"disk  {trial:2d} size {size:10d} B -> exits {exits} {'OK' if ok else 'BROKEN'}", file=sys.stderr)
         finally:
             subprocess.run(["umount", str(mount)], check=False)

@@ -21,6 +21,9 @@ from server.service import SERVICE_NAME, PosterSimilarityServicer, add_servicer
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # room for fields around the largest allowed image
+# Health of image search alone: NOT_SERVING while the model loads (index queries are answered before it)
+# and for bundles whose embedder this server cannot rebuild.
+IMAGE_SEARCH_HEALTH = f"{SERVICE_NAME}.SearchByImage"
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,15 @@ def create_server(
     def on_bundle(searcher: Searcher) -> None:
         for name in ("", SERVICE_NAME):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        image_ready = searcher.image_embedder is not None
+        health_servicer.set(
+            IMAGE_SEARCH_HEALTH,
+            health_pb2.HealthCheckResponse.SERVING if image_ready else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
         if metrics is not None:
             metrics.on_bundle(searcher)
 
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, IMAGE_SEARCH_HEALTH):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     manager.add_listener(on_bundle)
     if manager.current is not None:

@@ -187,12 +187,6 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
         require_same_model=args.require_same_model,
         embedding_gate=EmbeddingGate(admission.embedding_permits),
     )
-    if not manager.reload():
-        log.warning(
-            "no bundle loaded from %s yet (%s); health is NOT_SERVING until one loads",
-            args.index,
-            manager.last_error or "no CURRENT",
-        )
     metrics = Metrics()
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     config = ServerConfig(
@@ -206,8 +200,8 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics.serve_http(args.metrics_port))
     if args.host not in LOOPBACK_HOSTS and not (tls or token):
         log.warning("listening on %s without TLS or a token: anyone who can reach this address can query", args.host)
-    server.start()
-    manager.start()
+    server.start()  # listen at once: health is NOT_SERVING until the bundle is loaded (off this thread)
+    manager.start(load_now=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

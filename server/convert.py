@@ -4,19 +4,30 @@ code that touches generated protobuf classes."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import TYPE_CHECKING, Any
 
+import grpc
+from google.protobuf import timestamp_pb2
+
 from server._proto import posters_pb2 as pb
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, SearchError
+from server.status import status_proto
 from server.types import (
+    EMPTY_FILTER,
+    Filter,
     ImageQuery,
     IndexSummary,
     Item,
     ItemQuery,
     ItemsQuery,
+    ItemsResult,
+    PostersResult,
     Query,
     SearchOptions,
     SearchResult,
+    TitlePage,
     VectorQuery,
 )
 
@@ -25,9 +36,30 @@ if TYPE_CHECKING:
     from server.reloader import ReloadStatus
 
 DEFAULT_WEIGHT = 1.0
+PAGE_TOKEN_SEPARATOR = "@"
+INDEX_KINDS = {"flat": pb.INDEX_KIND_FLAT, "ivf": pb.INDEX_KIND_IVF}
+IMAGE_MODES = {
+    pb.IMAGE_QUERY_MODE_UNSPECIFIED: "auto",
+    pb.IMAGE_QUERY_MODE_AUTO: "auto",
+    pb.IMAGE_QUERY_MODE_WHOLE: "whole",
+    pb.IMAGE_QUERY_MODE_LOCATE: "locate",
+}
 
 
 # ---- requests: proto -> domain (server side) ------------------------------
+def filter_from_proto(f: pb.Filter) -> Filter:
+    return Filter(
+        genres_any=tuple(f.genres_any),
+        genres_all=tuple(f.genres_all),
+        genres_none=tuple(f.genres_none),
+        year_min=f.year_min if f.HasField("year_min") else None,
+        year_max=f.year_max if f.HasField("year_max") else None,
+        min_ratings=f.min_ratings if f.HasField("min_ratings") else None,
+        allow_ids=tuple(f.allow_ids),
+        deny_ids=tuple(f.deny_ids),
+    )
+
+
 def options_from_proto(o: pb.SearchOptions) -> SearchOptions:
     return SearchOptions(
         k=o.k,
@@ -36,6 +68,8 @@ def options_from_proto(o: pb.SearchOptions) -> SearchOptions:
         min_score=o.min_score if o.HasField("min_score") else None,
         nprobe=o.nprobe,
         exact=o.exact,
+        filter=filter_from_proto(o.filter) if o.HasField("filter") else EMPTY_FILTER,
+        strict=o.strict,
     )
 
 
@@ -57,6 +91,14 @@ def vector_query(req: pb.SearchByVectorRequest) -> VectorQuery:
 
 def image_query(req: pb.SearchByImageRequest) -> ImageQuery:
     return ImageQuery(req.image, options_from_proto(req.options))
+
+
+def query_or_error(q: pb.Query, position: int) -> Query | SearchError:
+    """A BatchSearch query, or the error that position alone gets (a Query with nothing set)."""
+    try:
+        return query_from_proto(q, position)
+    except InvalidArgument as exc:
+        return exc
 
 
 def query_from_proto(q: pb.Query, position: int) -> Query:
@@ -81,11 +123,15 @@ def item_to_proto(item: Item) -> pb.Item:
         poster=item.poster,
         imdb_id=item.imdb_id,
         tmdb_id=item.tmdb_id,
+        year=item.year,
+        rating_count=item.rating_count,
     )
 
 
 def result_to_proto(result: SearchResult) -> pb.SearchResponse:
-    response = pb.SearchResponse(bundle_version=result.bundle_version, exact=result.exact)
+    response = pb.SearchResponse(
+        bundle_version=result.bundle_version, exact=result.exact, missing_ids=result.missing_ids
+    )
     add = response.neighbors.add
     for item, score in result.hits:
         add(
@@ -96,8 +142,71 @@ def result_to_proto(result: SearchResult) -> pb.SearchResponse:
             poster=item.poster,
             imdb_id=item.imdb_id,
             tmdb_id=item.tmdb_id,
+            year=item.year,
+            rating_count=item.rating_count,
         )
     return response
+
+
+def batch_to_proto(outcomes: list[SearchResult | SearchError], version: str) -> pb.BatchSearchResponse:
+    """Per-query results and statuses (an error's result is empty; its status says why)."""
+    response = pb.BatchSearchResponse(bundle_version=version)
+    for outcome in outcomes:
+        if isinstance(outcome, SearchError):
+            response.results.add(bundle_version=version)
+            response.statuses.append(status_proto(outcome))
+        else:
+            response.results.append(result_to_proto(outcome))
+            response.statuses.add(code=grpc.StatusCode.OK.value[0])
+    return response
+
+
+def items_to_proto(result: ItemsResult, version: str) -> pb.GetItemsResponse:
+    return pb.GetItemsResponse(
+        items=[item_to_proto(i) for i in result.items], bundle_version=version, missing_ids=result.missing_ids
+    )
+
+
+def posters_to_proto(result: PostersResult, version: str) -> pb.GetPostersResponse:
+    return pb.GetPostersResponse(
+        posters=[pb.Poster(item_id=p.item_id, jpeg=p.jpeg, width=p.width, height=p.height) for p in result.posters],
+        missing_ids=result.missing_ids,
+        bundle_version=version,
+    )
+
+
+def page_token(version: str, offset: int) -> str:
+    """An opaque page token: where the next page starts, for the bundle that issued it."""
+    return base64.urlsafe_b64encode(f"{version}{PAGE_TOKEN_SEPARATOR}{offset}".encode()).decode()
+
+
+def page_offset(token: str, version: str) -> int:
+    """The offset a page token names; InvalidArgument for a malformed token or one of another bundle."""
+    if not token:
+        return 0
+    try:
+        issued_by, _, offset = base64.urlsafe_b64decode(token.encode()).decode().rpartition(PAGE_TOKEN_SEPARATOR)
+        value = int(offset)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidArgument(
+            f"page_token expected a token from a previous FindItemsResponse, got {token[:40]!r}", "page_token"
+        ) from None
+    if issued_by != version:
+        raise InvalidArgument(
+            f"page_token expected a token of the serving bundle {version}, got one of {issued_by[:60]!r} "
+            "(the index was reloaded: start from the first page)",
+            "page_token",
+        )
+    return value
+
+
+def title_page_to_proto(page: TitlePage, version: str) -> pb.FindItemsResponse:
+    return pb.FindItemsResponse(
+        items=[item_to_proto(i) for i in page.items],
+        bundle_version=version,
+        next_page_token=page_token(version, page.next_offset) if page.next_offset is not None else "",
+        total=page.total,
+    )
 
 
 def info_to_proto(info: IndexSummary, limits: Any, manifest: Manifest, status: ReloadStatus) -> pb.IndexInfo:
@@ -123,4 +232,14 @@ def info_to_proto(info: IndexSummary, limits: Any, manifest: Manifest, status: R
         previous_bundle_version=status.previous_version,
         previous_model=status.previous_model,
         previous_dimension=status.previous_dimension,
+        index_kind=INDEX_KINDS.get(info.index_type, pb.INDEX_KIND_UNSPECIFIED),
+        loaded_time=timestamp_pb2.Timestamp(seconds=int(info.loaded_at), nanos=int(info.loaded_at % 1 * 1e9)),
+        genres=info.genres,
+        year_min=info.year_min,
+        year_max=info.year_max,
+        has_ratings=info.has_ratings,
+        has_posters=info.has_posters,
+        max_posters=limits.max_posters,
+        thumbnail_width=info.thumbnail_width,
+        thumbnail_height=info.thumbnail_height,
     )

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("posters-demo")
 SERVER_START_TIMEOUT = 180.0
+IMAGE_SEARCH_SERVICE = "posters.v1.PosterSimilarity.SearchByImage"  # health: SERVING once the model is loaded
 
 
 def _wait_for_port(port_file: Path, proc: subprocess.Popen, timeout: float) -> int:
@@ -93,6 +94,7 @@ def run(workdir: Path, count: int, keep_server: bool) -> int:
         target = f"127.0.0.1:{port}"
         with PosterClient(target) as client:
             client.wait_until_serving(SERVER_START_TIMEOUT)
+            client.wait_until_serving(SERVER_START_TIMEOUT, service=IMAGE_SEARCH_SERVICE)
             print(f"== server {target} is SERVING bundle {client.info()['bundle_version']}")
             families = pd.read_csv(catalog_dir / "families.csv")
             sizes = families["family"].value_counts()

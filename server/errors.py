@@ -5,7 +5,12 @@ from __future__ import annotations
 
 
 class SearchError(Exception):
-    """Base class: a request the core refuses, with a message for the client."""
+    """Base class: a request the core refuses, with a message for the client and, when one request
+    field is to blame, its name (``options.k``, ``vector``...; reported as a BadRequest field violation)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidArgument(SearchError):

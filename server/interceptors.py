@@ -12,33 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+from grpc_status import rpc_status
 
 from server.admission import Admission
-from server.errors import (
-    Cancelled,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    SearchError,
-    Unauthenticated,
-    Unavailable,
-)
+from server.errors import SearchError, Unauthenticated
 from server.metrics import Metrics
+from server.status import status_for, status_proto
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: dict[type[SearchError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    Cancelled: grpc.StatusCode.CANCELLED,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 REQUEST_ID_KEY = "x-request-id"
 AUTHORIZATION_KEY = "authorization"
 AUTH_SCHEME = "bearer"  # compared case-insensitively (RFC 7235)
@@ -47,13 +29,6 @@ MAX_REQUEST_ID_CHARS = 64
 
 def _new_request_id() -> str:
     return uuid.uuid4().hex[:16]
-
-
-def status_for(exc: SearchError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return grpc.StatusCode.INTERNAL
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
@@ -124,7 +99,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 if code is grpc.StatusCode.UNAVAILABLE:
                     request_id = request_id or _new_request_id()
                     log.warning("%s unavailable: %s", method, exc, extra={"request_id": request_id})
-                context.abort(code, str(exc))
+                context.abort_with_status(rpc_status.to_status(status_proto(exc, code)))
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 request_id = request_id or _new_request_id()

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Listener = Callable[[Searcher], None]
 MAX_RETRY_BACKOFF_SECONDS = 300.0  # a failing bundle is retried at most this far apart (SIGHUP: at once)
 DEFAULT_EMBEDDING_PERMITS = 2
+IMAGE_MODEL_LOADING = "the image model is loading (health service posters.v1.PosterSimilarity.SearchByImage says when)"
 
 
 @dataclass(frozen=True)
@@ -131,16 +132,26 @@ class BundleManager:
             if self.require_same_model:
                 raise bundles.BundleError(f"{change}; refused (--require-same-model)")
             log.warning("MODEL CHANGE: %s", change)
-        embedder, reason = (None, "image search disabled on this server")
-        if self.image_search:
-            embedder, reason = self._embedders.for_manifest(
-                bundle.manifest, self.limits.max_image_pixels, self.limits.max_image_bytes, self.embedding_gate
-            )
-            if reason:
-                log.warning("bundle %s: image search unavailable: %s", build_id, reason)
-        searcher = Searcher(bundle, self.limits, embedder, reason, threads=self.threads, coalesce=self.coalesce)
+        reason = IMAGE_MODEL_LOADING if self.image_search else "image search disabled on this server"
+        searcher = Searcher(bundle, self.limits, None, reason, threads=self.threads, coalesce=self.coalesce)
         searcher.warm_up()
         return searcher
+
+    def _with_image_search(self, searcher: Searcher) -> Searcher:
+        """The same bundle with its image embedder (building the model takes seconds: after the swap)."""
+        embedder, reason = self._embedders.for_manifest(
+            searcher.manifest, self.limits.max_image_pixels, self.limits.max_image_bytes, self.embedding_gate
+        )
+        if reason:
+            log.warning("bundle %s: image search unavailable: %s", searcher.version, reason)
+        return searcher.with_image_embedder(embedder, reason)
+
+    def _notify(self, searcher: Searcher) -> None:
+        for listener in self._listeners:
+            try:
+                listener(searcher)
+            except Exception:
+                log.exception("bundle listener %r failed for %s", listener, searcher.version)
 
     def _desired_identity(self) -> _Identity | None:
         build_id = bundles.read_current(self.root, missing_ok=True)
@@ -161,11 +172,18 @@ class BundleManager:
                 return False
         if searcher is None:
             return False
-        for listener in self._listeners:
+        self._notify(searcher)  # item and vector queries are answered from here on
+        if self.image_search:
             try:
-                listener(searcher)
-            except Exception:
-                log.exception("bundle listener %r failed for %s", listener, searcher.version)
+                with_images = self._with_image_search(searcher)
+            except Exception as exc:
+                log.exception("bundle %s: cannot start image search", searcher.version)
+                with_images = searcher.with_image_embedder(None, f"cannot build the image model: {exc}")
+            with self._reload_lock:
+                if self._searcher is not searcher:  # a newer bundle was swapped in meanwhile
+                    return True
+                self._searcher = with_images
+            self._notify(with_images)
         return True
 
     def _reload_locked(self, force: bool) -> Searcher | None:
@@ -239,8 +257,12 @@ class BundleManager:
             except Exception:
                 log.exception("bundle watcher iteration failed; continuing")
 
-    def start(self) -> None:
+    def start(self, load_now: bool = False) -> None:
+        """Watch CURRENT on a background thread; ``load_now``: its first reload at once (a server that
+        listens before its bundle is loaded answers health NOT_SERVING meanwhile)."""
         if self._thread is None:
+            if load_now:
+                self._wake.set()
             self._thread = threading.Thread(target=self._watch, name="bundle-watcher", daemon=True)
             self._thread.start()
 

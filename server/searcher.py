@@ -9,30 +9,35 @@ messages saying expected vs got. The parts: ``server.items.ItemStore`` (ids, row
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
 from indexer.bundle import Bundle
-from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from indexer.thumbnails import jpeg_size
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, SearchError
 from server.guard import UNGUARDED, CallGuard
-from server.items import ItemStore
+from server.items import ItemStore, Lookup
 from server.titles import TitleIndex
 from server.types import (
     Hit,
     ImageQuery,
     IndexSummary,
-    Item,
     ItemQuery,
     ItemsQuery,
+    ItemsResult,
+    PosterImage,
+    PostersResult,
     Query,
     SearchOptions,
     SearchResult,
+    TitlePage,
     VectorQuery,
 )
 from server.vector_index import SearchParams, VectorIndex
@@ -40,6 +45,19 @@ from server.vector_index import SearchParams, VectorIndex
 log = logging.getLogger(__name__)
 
 ZERO_QUERY_NORM = 1e-6  # a weighted query this small relative to its largest component is "zero"
+# Filters passing fewer than this share of the items are searched exhaustively: an IVF probe tuned for
+# the whole catalog would find too few of them.
+SELECTIVE_FILTER_FRACTION = 0.05
+# What one query of a batch can fail with on its own (cancellation and shutdown end the whole call).
+QUERY_ERRORS = (InvalidArgument, NotFound, ResourceExhausted, FailedPrecondition)
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What one search may return: the filter's rows (None: every item) and the known excluded ids."""
+
+    mask: np.ndarray | None
+    excluded: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,7 @@ class SearchLimits:
     max_query_chars: int = 256
     default_find_limit: int = 20
     max_find_limit: int = 1000
+    max_posters: int = 100  # thumbnails per GetPosters call (~10 KB each)
 
 
 class ImageEmbedder(Protocol):
@@ -79,9 +98,17 @@ class Searcher:
         self.items = ItemStore(bundle.items, bundle.version)
         self.vectors = VectorIndex(bundle, threads=threads, coalesce=coalesce)
         self.titles = TitleIndex(self.items.titles.tolist())
+        self.thumbnails = bundle.thumbnails
         self.image_embedder = image_embedder
         self.image_unavailable_reason = image_unavailable_reason
         self.loaded_at = time.time()
+
+    def with_image_embedder(self, embedder: ImageEmbedder | None, reason: str = "") -> Searcher:
+        """This searcher (same bundle, same parts) with an image embedder, or the reason there is none."""
+        other = copy.copy(self)
+        other.image_embedder = embedder
+        other.image_unavailable_reason = reason
+        return other
 
     @property
     def dim(self) -> int:
@@ -116,27 +143,38 @@ class Searcher:
         k = options.k or self.limits.default_k
         if k < 0 or k > self.limits.max_k:
             raise InvalidArgument(
-                f"k expected 1..{self.limits.max_k} (0 for the default {self.limits.default_k}), got {options.k}"
+                f"k expected 1..{self.limits.max_k} (0 for the default {self.limits.default_k}), got {options.k}",
+                "options.k",
             )
         self._check_ids(options.candidate_ids, "candidate_ids")
         self._check_ids(options.exclude_ids, "exclude_ids")
+        self._check_ids(options.filter.allow_ids, "filter.allow_ids")
+        self._check_ids(options.filter.deny_ids, "filter.deny_ids")
+        if options.filter.min_ratings is not None and options.filter.min_ratings < 0:
+            raise InvalidArgument(
+                f"filter.min_ratings expected >= 0, got {options.filter.min_ratings}", "options.filter.min_ratings"
+            )
         if options.min_score is not None and not math.isfinite(options.min_score):
-            raise InvalidArgument(f"min_score expected a finite number, got {options.min_score}")
+            raise InvalidArgument(f"min_score expected a finite number, got {options.min_score}", "options.min_score")
         nlist = self.vectors.nlist
         if options.nprobe < 0 or (nlist and options.nprobe > nlist):
             limit = f"1..{nlist}" if nlist else "0 (flat index)"
-            raise InvalidArgument(f"nprobe expected 0 (bundle default) or {limit}, got {options.nprobe}")
+            raise InvalidArgument(
+                f"nprobe expected 0 (bundle default) or {limit}, got {options.nprobe}", "options.nprobe"
+            )
         return k
 
     def _normalized(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
         v = np.asarray(vector, dtype=np.float64).reshape(-1)  # float64: 3e38-sized values do not overflow
         if v.size != self.dim:
-            raise InvalidArgument(f"vector dimension expected {self.dim} (bundle {self.version}), got {v.size}")
+            raise InvalidArgument(
+                f"vector dimension expected {self.dim} (bundle {self.version}), got {v.size}", "vector"
+            )
         if not np.isfinite(v).all():
             raise InvalidArgument(f"vector values must be finite; got {int((~np.isfinite(v)).sum())} NaN/Inf values")
         norm = float(np.linalg.norm(v))
         if norm == 0.0:
-            raise InvalidArgument("vector must be non-zero (it is L2-normalized server-side)")
+            raise InvalidArgument("vector must be non-zero (it is L2-normalized server-side)", "vector")
         return np.ascontiguousarray((v / norm)[None, :], dtype=np.float32)
 
     # ---- composing results ---------------------------------------------------
@@ -157,38 +195,74 @@ class Searcher:
                 break
         return hits
 
-    def _rank_candidates(self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int]) -> SearchResult:
-        found = self.items.lookup([c for c in options.candidate_ids if c not in exclude], "candidate item")
-        if found.missing:
-            raise NotFound(
-                f"candidate item {found.missing[0]} is not in bundle {self.version} ({self.item_count} items)"
-            )
-        if len(found.ids) == 0:
-            return SearchResult([], self.version, True)
-        scores = self.vectors.vectors(found.ids) @ q[0]
+    def _known(self, item_ids: Sequence[int], what: str, strict: bool) -> Lookup:
+        """Rows of request ids; unknown ids are NotFound with ``strict``, else reported as missing."""
+        found = self.items.lookup(item_ids, what)
+        if strict and found.missing:
+            raise NotFound(f"{what} {found.missing[0]} is not in bundle {self.version} ({self.item_count} items)")
+        return found
+
+    def _scope(self, options: SearchOptions) -> tuple[_Scope, tuple[int, ...]]:
+        """What a search may return (filter, exclusions) and the request's unknown exclusion ids."""
+        excluded = self._known(options.exclude_ids, "exclude item", options.strict)
+        mask = None if options.filter.is_empty() else self.items.mask(options.filter)
+        return _Scope(mask, frozenset(excluded.ids.tolist())), excluded.missing
+
+    def _rank_candidates(
+        self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int], scope: _Scope
+    ) -> SearchResult:
+        found = self._known(options.candidate_ids, "candidate item", options.strict)
+        keep = np.array([i not in exclude for i in found.ids.tolist()], bool)
+        if scope.mask is not None and len(found.rows):
+            keep &= scope.mask[found.rows]
+        ids = found.ids[keep]
+        if len(ids) == 0:
+            return SearchResult([], self.version, True, found.missing)
+        scores = self.vectors.vectors(ids) @ q[0]
         order = np.argsort(-scores, kind="stable")
-        return SearchResult(
-            self._hits(found.ids[order].tolist(), scores[order].tolist(), k, set(), options.min_score),
-            self.version,
-            True,
-        )
+        hits = self._hits(ids[order].tolist(), scores[order].tolist(), k, set(), options.min_score)
+        return SearchResult(hits, self.version, True, found.missing)
 
     def _search_many(
-        self, queries: np.ndarray, options: SearchOptions, ks: list[int], excludes: list[set[int]]
+        self, queries: np.ndarray, options: SearchOptions, ks: list[int], excludes: list[set[int]], scope: _Scope
     ) -> list[SearchResult]:
-        """One FAISS call for queries that share search parameters."""
-        fetch = min(self.item_count, max(k + len(e) for k, e in zip(ks, excludes)))
-        scores, ids, exact = self.vectors.search(queries, fetch, SearchParams(options.nprobe, options.exact))
-        return [
+        """One FAISS call for queries that share search parameters (and so one filter)."""
+        params = SearchParams(options.nprobe, options.exact)
+        passing = self.item_count
+        if scope.mask is not None:
+            passing = int(scope.mask.sum())
+            if passing == 0:
+                return [SearchResult([], self.version, True) for _ in ks]
+            selective = passing < SELECTIVE_FILTER_FRACTION * self.item_count
+            ids = self.items.ids
+            params = SearchParams(
+                options.nprobe,
+                options.exact or selective,  # few items pass: an approximate probe could miss most of them
+                allow=ids[scope.mask] if passing <= self.item_count // 2 else None,
+                deny=ids[~scope.mask] if passing > self.item_count // 2 else None,
+            )
+        fetch = min(passing, max(k + len(e) for k, e in zip(ks, excludes)))
+        scores, found, exact = self.vectors.search(queries, fetch, params)
+        results = [
             SearchResult(self._hits(i.tolist(), s.tolist(), k, e, options.min_score), self.version, exact)
-            for i, s, k, e in zip(ids, scores, ks, excludes)
+            for i, s, k, e in zip(found, scores, ks, excludes)
         ]
+        short = any(len(r.hits) < min(k, passing - len(e)) for r, k, e in zip(results, ks, excludes))
+        if scope.mask is not None and not exact and short and options.min_score is None:
+            # the probed lists held fewer than k passing items: k are promised whenever k items pass
+            return self._search_many(queries, replace(options, exact=True), ks, excludes, scope)
+        return results
 
-    def _search(self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int]) -> SearchResult:
-        exclude = exclude | set(options.exclude_ids)
+    def _search(
+        self, q: np.ndarray, options: SearchOptions, k: int, exclude: set[int], missing: tuple[int, ...] = ()
+    ) -> SearchResult:
+        scope, missing_excluded = self._scope(options)
+        exclude = exclude | scope.excluded
         if options.candidate_ids:
-            return self._rank_candidates(q, options, k, exclude)
-        return self._search_many(q, options, [k], [exclude])[0]
+            result = self._rank_candidates(q, options, k, exclude, scope)
+        else:
+            result = self._search_many(q, options, [k], [exclude], scope)[0]
+        return replace(result, missing_ids=missing + missing_excluded + result.missing_ids)
 
     # ---- public queries ------------------------------------------------------
     def similar_to_item(self, item_id: int, options: SearchOptions = SearchOptions()) -> SearchResult:
@@ -202,6 +276,7 @@ class Searcher:
             and not options.candidate_ids
             and not options.exclude_ids
             and not options.nprobe
+            and options.filter.is_empty()
         ):
             return SearchResult(
                 self._hits(table[0].tolist(), table[1].tolist(), k, set(), options.min_score), self.version, True
@@ -209,16 +284,22 @@ class Searcher:
         vector = self.vectors.vectors(np.array([item_id], np.int64))
         return self._search(vector, options, k, {int(item_id)})
 
-    def _weighted_sum(self, items: Sequence[tuple[int, float]], what: str) -> np.ndarray:
+    def _weighted_sum(
+        self, items: Sequence[tuple[int, float]], what: str, strict: bool
+    ) -> tuple[np.ndarray, list[int], tuple[int, ...]]:
+        """(sum of weight x vector over the known items, their ids, the unknown ids)."""
         for item_id, weight in items:
             if not math.isfinite(weight) or weight <= 0:
                 raise InvalidArgument(f"{what} weight of item {item_id} expected > 0, got {weight}")
-            self.items.row_of(item_id, f"{what} item")
-        if not items:
-            return np.zeros(self.dim, np.float64)
-        ids = np.array([i for i, _ in items], np.int64)
-        weights = np.array([w for _, w in items], np.float64)
-        return weights @ self.vectors.vectors(ids).astype(np.float64)  # float64: large weights stay finite
+        found = self._known([i for i, _ in items], f"{what} item", strict)
+        known = set(found.ids.tolist())
+        pairs = [(i, w) for i, w in items if i in known]
+        if not pairs:
+            return np.zeros(self.dim, np.float64), [], found.missing
+        ids = np.array([i for i, _ in pairs], np.int64)
+        weights = np.array([w for _, w in pairs], np.float64)
+        total = weights @ self.vectors.vectors(ids).astype(np.float64)  # float64: large weights stay finite
+        return total, ids.tolist(), found.missing
 
     def similar_to_items(
         self,
@@ -229,14 +310,20 @@ class Searcher:
         """Items like the weighted positives and unlike the negatives: normalize(sum w*v+ - sum w*v-)."""
         k = self._check_options(options)
         if not positive:
-            raise InvalidArgument("positive expected at least one item, got none")
+            raise InvalidArgument("positive expected at least one item, got none", "positive")
         self._check_ids(positive, "positive")
         self._check_ids(negative, "negative")
-        q = self._weighted_sum(positive, "positive") - self._weighted_sum(negative, "negative")
+        plus, plus_ids, plus_missing = self._weighted_sum(positive, "positive", options.strict)
+        if not plus_ids:
+            raise NotFound(
+                f"positive items expected at least one in bundle {self.version}, got none of {list(plus_missing)}"
+            )
+        minus, minus_ids, minus_missing = self._weighted_sum(negative, "negative", options.strict)
+        q = plus - minus
         if not np.isfinite(q).all() or float(np.linalg.norm(q)) <= ZERO_QUERY_NORM * max(1.0, np.abs(q).max()):
             raise InvalidArgument("the weighted query (positives minus negatives) is the zero vector")
-        exclude = {int(i) for i, _ in positive} | {int(i) for i, _ in negative}
-        return self._search(self._normalized(q), options, k, exclude)
+        exclude = set(plus_ids) | set(minus_ids)
+        return self._search(self._normalized(q), options, k, exclude, plus_missing + minus_missing)
 
     def search_vector(
         self, vector: Sequence[float] | np.ndarray, options: SearchOptions = SearchOptions()
@@ -246,7 +333,7 @@ class Searcher:
 
     def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
         if not data:
-            raise InvalidArgument("image expected non-empty encoded bytes, got 0 bytes")
+            raise InvalidArgument("image expected non-empty encoded bytes, got 0 bytes", "image")
         if len(data) > self.limits.max_image_bytes:
             raise ResourceExhausted(f"image expected at most {self.limits.max_image_bytes} bytes, got {len(data)}")
         if self.image_embedder is None:
@@ -274,53 +361,101 @@ class Searcher:
             return self.search_image(query.data, query.options, guard)
         raise InvalidArgument(f"query expected item, items, vector or image, got {type(query).__name__}")
 
-    def batch(self, queries: Sequence[Query], guard: CallGuard = UNGUARDED) -> list[SearchResult]:
-        """Answer many queries; plain vector queries sharing options go through FAISS in one call.
+    def batch(
+        self, queries: Sequence[Query | SearchError], guard: CallGuard = UNGUARDED
+    ) -> list[SearchResult | SearchError]:
+        """Answer many queries, each with its own outcome: a result, or the error that query alone gets (its
+        message names the position). Plain vector queries sharing options go through FAISS in one call.
 
-        ``guard`` is checked before every query: a cancelled or expired call stops between items."""
+        ``guard`` is checked before every query: a cancelled or expired call stops between items (the whole
+        call fails then, as it does for an empty or oversized batch)."""
         if not queries:
-            raise InvalidArgument("queries expected at least one, got none")
+            raise InvalidArgument("queries expected at least one, got none", "queries")
         if len(queries) > self.limits.max_batch:
-            raise InvalidArgument(f"queries expected at most {self.limits.max_batch}, got {len(queries)}")
-        results: list[SearchResult | None] = [None] * len(queries)
+            raise InvalidArgument(f"queries expected at most {self.limits.max_batch}, got {len(queries)}", "queries")
+        results: list[SearchResult | SearchError | None] = [None] * len(queries)
         groups: dict[SearchOptions, list[tuple[int, np.ndarray, int]]] = {}
         for pos, query in enumerate(queries):
             guard.check(f"batch query {pos}")
+            if isinstance(query, SearchError):  # refused while parsing: kept at its position
+                results[pos] = query
+                continue
             try:
                 if isinstance(query, VectorQuery) and not query.options.candidate_ids:
                     k = self._check_options(query.options)
                     groups.setdefault(query.options, []).append((pos, self._normalized(query.vector), k))
                 else:
                     results[pos] = self.search(query, guard)
-            except (InvalidArgument, NotFound, ResourceExhausted, FailedPrecondition) as exc:
-                raise type(exc)(f"query {pos}: {exc}") from exc
+            except QUERY_ERRORS as exc:
+                results[pos] = type(exc)(f"query {pos}: {exc}", f"queries[{pos}].{exc.field}" if exc.field else "")
         for options, members in groups.items():
-            excl = set(options.exclude_ids)
-            answers = self._search_many(
-                np.vstack([m[1] for m in members]), options, [m[2] for m in members], [excl] * len(members)
-            )
+            try:
+                scope, missing = self._scope(options)
+                answers = self._search_many(
+                    np.vstack([m[1] for m in members]),
+                    options,
+                    [m[2] for m in members],
+                    [set(scope.excluded)] * len(members),
+                    scope,
+                )
+            except QUERY_ERRORS as exc:
+                for pos, _, _ in members:
+                    results[pos] = type(exc)(f"query {pos}: {exc}", f"queries[{pos}].{exc.field}" if exc.field else "")
+                continue
             for (pos, _, _), answer in zip(members, answers):
-                results[pos] = answer
+                results[pos] = replace(answer, missing_ids=missing)
         return [r for r in results if r is not None]
 
-    def find_items(self, text: str, limit: int = 0) -> list[Item]:
-        """Case-insensitive title substring search: exact, then prefix, then other matches."""
+    def find_items(self, text: str, limit: int = 0, offset: int = 0) -> TitlePage:
+        """Title search (see server.titles), one page of ``limit`` items from ``offset``."""
         if not text.strip():
-            raise InvalidArgument("query expected a non-empty title fragment, got an empty string")
+            raise InvalidArgument("query expected a non-empty title fragment, got an empty string", "query")
         if len(text.strip()) > self.limits.max_query_chars:
             raise InvalidArgument(
                 f"query expected at most {self.limits.max_query_chars} characters, got {len(text.strip())}"
             )
         limit = limit or self.limits.default_find_limit
         if limit < 0 or limit > self.limits.max_find_limit:
-            raise InvalidArgument(f"limit expected 1..{self.limits.max_find_limit}, got {limit}")
-        return [self.items.item(r) for r in self.titles.find(text, limit)]
+            raise InvalidArgument(f"limit expected 1..{self.limits.max_find_limit}, got {limit}", "limit")
+        if offset < 0:
+            raise InvalidArgument(f"page offset expected >= 0, got {offset}", "page_token")
+        rows = self.titles.find(text, offset + limit + 1)
+        page = rows[offset : offset + limit]
+        more = len(rows) > offset + limit
+        total = len(self.titles.find(text, self.item_count)) if more else offset + len(page)
+        return TitlePage([self.items.item(r) for r in page], total, offset + limit if more else None)
 
-    def get_items(self, item_ids: Sequence[int]) -> list[Item]:
+    def get_posters(self, item_ids: Sequence[int]) -> PostersResult:
+        """Thumbnails by id, in request order; ids without one are listed as missing."""
         if not item_ids:
-            raise InvalidArgument("item_ids expected at least one id, got none")
+            raise InvalidArgument("item_ids expected at least one id, got none", "item_ids")
+        if len(item_ids) > self.limits.max_posters:
+            raise InvalidArgument(
+                f"item_ids expected at most {self.limits.max_posters} ids, got {len(item_ids)}", "item_ids"
+            )
+        if self.thumbnails is None:
+            raise FailedPrecondition(
+                f"bundle {self.version} stores no poster thumbnails (built with --no-thumbnails or before they "
+                "existed); rebuild it to serve posters"
+            )
+        found = self.items.lookup(item_ids, "item")
+        posters: list[PosterImage] = []
+        missing = list(found.missing)
+        for item_id, row in zip(found.ids.tolist(), found.rows.tolist()):
+            jpeg = self.thumbnails.get(row)
+            if jpeg is None:
+                missing.append(item_id)
+            else:
+                posters.append(PosterImage(item_id, jpeg, *jpeg_size(jpeg)))
+        return PostersResult(posters, tuple(missing))
+
+    def get_items(self, item_ids: Sequence[int], strict: bool = False) -> ItemsResult:
+        """Items by id in request order (duplicates once); unknown ids are listed, or NotFound with ``strict``."""
+        if not item_ids:
+            raise InvalidArgument("item_ids expected at least one id, got none", "item_ids")
         self._check_ids(item_ids, "item_ids")
-        return [self.items.item(self.items.row_of(i)) for i in item_ids]
+        found = self._known(item_ids, "item", strict)
+        return ItemsResult([self.items.item(int(r)) for r in found.rows], found.missing)
 
     def info(self) -> IndexSummary:
         return IndexSummary(
@@ -334,4 +469,11 @@ class Searcher:
             neighbour_table_k=self.vectors.table_k,
             image_search=self.image_embedder is not None,
             loaded_at=self.loaded_at,
+            genres=tuple(self.items.genre_names),
+            year_min=self.items.year_range[0],
+            year_max=self.items.year_range[1],
+            has_ratings=self.items.has_ratings,
+            has_posters=self.thumbnails is not None,
+            thumbnail_width=self.manifest.thumbnails.width if self.manifest.thumbnails else 0,
+            thumbnail_height=self.manifest.thumbnails.height if self.manifest.thumbnails else 0,
         )

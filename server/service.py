@@ -43,21 +43,22 @@ class PosterSimilarityServicer(pb_grpc.PosterSimilarityServicer):
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
         searcher = self._manager.require()
-        queries = [convert.query_from_proto(q, i) for i, q in enumerate(request.queries)]
-        results = searcher.batch(queries, self._guard(context))
-        return pb.BatchSearchResponse(
-            results=[convert.result_to_proto(r) for r in results], bundle_version=searcher.version
-        )
+        queries = [convert.query_or_error(q, i) for i, q in enumerate(request.queries)]
+        return convert.batch_to_proto(searcher.batch(queries, self._guard(context)), searcher.version)
 
     def FindItems(self, request: pb.FindItemsRequest, context: grpc.ServicerContext) -> pb.FindItemsResponse:
         searcher = self._manager.require()
-        items = searcher.find_items(request.query, request.limit)
-        return pb.FindItemsResponse(items=[convert.item_to_proto(i) for i in items], bundle_version=searcher.version)
+        offset = convert.page_offset(request.page_token, searcher.version)
+        page = searcher.find_items(request.query, max(request.limit, request.page_size), offset)
+        return convert.title_page_to_proto(page, searcher.version)
 
     def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext) -> pb.GetItemsResponse:
         searcher = self._manager.require()
-        items = searcher.get_items(list(request.item_ids))
-        return pb.GetItemsResponse(items=[convert.item_to_proto(i) for i in items], bundle_version=searcher.version)
+        return convert.items_to_proto(searcher.get_items(list(request.item_ids), request.strict), searcher.version)
+
+    def GetPosters(self, request: pb.GetPostersRequest, context: grpc.ServicerContext) -> pb.GetPostersResponse:
+        searcher = self._manager.require()
+        return convert.posters_to_proto(searcher.get_posters(list(request.item_ids)), searcher.version)
 
     def GetIndexInfo(self, request: pb.GetIndexInfoRequest, context: grpc.ServicerContext) -> pb.IndexInfo:
         searcher = self._manager.require()

@@ -10,6 +10,26 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class Filter:
+    """Which items a search may return; applied inside the index search (k filled whenever k items pass)."""
+
+    genres_any: tuple[str, ...] = ()  # at least one of these genres
+    genres_all: tuple[str, ...] = ()  # every one of these genres
+    genres_none: tuple[str, ...] = ()  # none of these genres
+    year_min: int | None = None  # release year (from the MovieLens title) at least this; unknown years fail
+    year_max: int | None = None
+    min_ratings: int | None = None  # rated at least this many times (bundles built with ratings.csv)
+    allow_ids: tuple[int, ...] = ()  # only these items (unknown ids ignored)
+    deny_ids: tuple[int, ...] = ()  # never these items
+
+    def is_empty(self) -> bool:
+        return self == EMPTY_FILTER
+
+
+EMPTY_FILTER = Filter()
+
+
+@dataclass(frozen=True)
 class SearchOptions:
     k: int = 0  # 0: the server default
     candidate_ids: tuple[int, ...] = ()
@@ -17,6 +37,8 @@ class SearchOptions:
     min_score: float | None = None
     nprobe: int = 0  # 0: the bundle default
     exact: bool = False
+    filter: Filter = EMPTY_FILTER
+    strict: bool = False  # unknown candidate/exclude/positive/negative ids: NOT_FOUND instead of missing_ids
 
 
 class Item(NamedTuple):  # NamedTuples: immutable and cheap to build on the per-result hot path
@@ -26,6 +48,8 @@ class Item(NamedTuple):  # NamedTuples: immutable and cheap to build on the per-
     poster: str
     imdb_id: int = 0
     tmdb_id: int = 0
+    year: int = 0  # 0: unknown
+    rating_count: int = 0  # 0: unknown or never rated
 
 
 class Hit(NamedTuple):
@@ -38,6 +62,39 @@ class SearchResult:
     hits: list[Hit]
     bundle_version: str
     exact: bool
+    missing_ids: tuple[int, ...] = ()  # request ids that are not in the bundle (skipped; strict=False)
+
+
+class PosterImage(NamedTuple):
+    item_id: int
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class PostersResult:
+    """GetPosters: thumbnails in request order, and the ids without one (unknown, or none stored)."""
+
+    posters: list[PosterImage]
+    missing_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TitlePage:
+    """One page of FindItems: the items, all matches, and where the next page starts (None: last page)."""
+
+    items: list[Item]
+    total: int
+    next_offset: int | None
+
+
+@dataclass(frozen=True)
+class ItemsResult:
+    """GetItems: the known items in request order and the ids that are not in the bundle."""
+
+    items: list[Item]
+    missing_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +111,13 @@ class IndexSummary:
     neighbour_table_k: int
     image_search: bool
     loaded_at: float  # Unix seconds
+    genres: tuple[str, ...] = ()
+    year_min: int = 0
+    year_max: int = 0
+    has_ratings: bool = False
+    has_posters: bool = False
+    thumbnail_width: int = 0
+    thumbnail_height: int = 0
 
 
 @dataclass(frozen=True)

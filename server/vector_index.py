@@ -20,10 +20,13 @@ from server.coalescer import Coalescer
 
 @dataclass(frozen=True)
 class SearchParams:
-    """How one search runs: ``nprobe`` 0 = the bundle default; ``exact`` scans every list."""
+    """How one search runs: ``nprobe`` 0 = the bundle default; ``exact`` scans every list; ``allow`` / ``deny``
+    restrict the ids the index may return (a filter, applied inside the search: at most one is set)."""
 
     nprobe: int = 0
     exact: bool = False
+    allow: np.ndarray | None = None  # int64 item ids
+    deny: np.ndarray | None = None
 
 
 class VectorIndex:
@@ -48,23 +51,33 @@ class VectorIndex:
             faiss.omp_set_num_threads(self.threads)
             self._tls.threads = self.threads
 
-    def faiss_params(self, params: SearchParams) -> tuple[faiss.SearchParameters | None, bool]:
-        """(FAISS search parameters, whether the answer is exact)."""
+    @staticmethod
+    def _selector(params: SearchParams) -> faiss.IDSelector | None:
+        if params.allow is not None:
+            return faiss.IDSelectorBatch(np.ascontiguousarray(params.allow, np.int64))
+        if params.deny is not None:
+            return faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(params.deny, np.int64)))
+        return None
+
+    def faiss_params(self, params: SearchParams) -> tuple[faiss.SearchParameters | None, bool, object]:
+        """(FAISS search parameters, whether the answer is exact, objects to keep alive during the search)."""
+        selector = self._selector(params)
         if self.is_exact:
-            return None, True
-        if params.exact:
-            return faiss.SearchParametersIVF(nprobe=self.nlist), True
-        nprobe = params.nprobe or self.default_nprobe
-        return faiss.SearchParametersIVF(nprobe=nprobe), nprobe >= self.nlist
+            return (faiss.SearchParameters(sel=selector) if selector is not None else None), True, selector
+        nprobe = self.nlist if params.exact else (params.nprobe or self.default_nprobe)
+        if selector is None:
+            return faiss.SearchParametersIVF(nprobe=nprobe), nprobe >= self.nlist, None
+        return faiss.SearchParametersIVF(nprobe=nprobe, sel=selector), nprobe >= self.nlist, selector
 
     def search(self, queries: np.ndarray, fetch: int, params: SearchParams) -> tuple[np.ndarray, np.ndarray, bool]:
         """Top-``fetch`` (scores, item ids, exact) for normalized float32 queries (nq, dim); ids -1 pad."""
         self._ensure_threads()
-        faiss_params, exact = self.faiss_params(params)
-        if self.coalescer is not None and len(queries) == 1:
+        faiss_params, exact, keep_alive = self.faiss_params(params)
+        if self.coalescer is not None and len(queries) == 1 and keep_alive is None:
             scores, ids = self.coalescer.search(queries[0], fetch)
             return scores[None], ids[None], exact
         scores, ids = self.index.search(queries, fetch, params=faiss_params)
+        del keep_alive  # the selector (referenced by the parameters) lived until here
         return scores, ids, exact
 
     def vectors(self, item_ids: np.ndarray) -> np.ndarray:

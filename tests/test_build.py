@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import os
@@ -56,7 +57,7 @@ def test_each_index_type_on_generated_catalog(
     assert (found[:, 0] == b.items["item_id"].to_numpy()).mean() >= (1.0 if kind != "ivf" else 0.9)
 
 
-def test_bundle_round_trip_and_manifest(demo_root: Path) -> None:
+def test_bundle_round_trip_and_manifest(demo_root: Path, demo_catalog: Path) -> None:
     path = bundles.current_path(demo_root)
     b = bundles.load_bundle(path)
     m = b.manifest
@@ -64,7 +65,26 @@ def test_bundle_round_trip_and_manifest(demo_root: Path) -> None:
     assert m.metric == "inner_product" and m.normalization == "l2"
     assert m.embedder is not None and m.embedder.resize == "pad" and m.embedder.pooling == "avg"
     assert m.embedder.input_size == 224 and m.embedder.weights == "imagenet"
-    assert set(m.files) == {"index.faiss", "items.csv", "failures.csv", "neighbour_ids.npy", "neighbour_scores.npy"}
+    assert set(m.files) == {
+        "index.faiss",
+        "items.csv",
+        "failures.csv",
+        "neighbour_ids.npy",
+        "neighbour_scores.npy",
+        "posters.bin",
+        "poster_offsets.npy",
+    }
+    # a thumbnail of every poster travels with the bundle: a JPEG in the 185 x 278 box, in items order
+    assert m.thumbnails is not None and m.thumbnails.count == DEMO_COUNT and b.thumbnails is not None
+    from PIL import Image
+
+    for row in (0, DEMO_COUNT - 1):
+        with Image.open(io.BytesIO(b.thumbnails.get(row))) as thumb:
+            assert thumb.format == "JPEG" and max(thumb.size[0] / 185, thumb.size[1] / 278) == pytest.approx(
+                1, abs=0.01
+            )
+        with Image.open(demo_catalog / "posters" / b.items["poster"][row]) as original:
+            assert abs(thumb.size[0] / thumb.size[1] - original.size[0] / original.size[1]) < 0.02
     assert {"numpy", "faiss-cpu", "keras", "pillow", "python"} <= set(m.versions)
     assert m.item_count == DEMO_COUNT and m.neighbours.k == 20 and set(m.phase_seconds) >= {"embed", "index"}
     assert b.neighbour_ids.shape == (DEMO_COUNT, 20)

@@ -1,4 +1,5 @@
 """The command-line tools end to end: posters-serve as a process, posters-query, signals."""
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from indexer import bundle as bundles
+from server.app import IMAGE_SEARCH_HEALTH
 from server.client import PosterClient
 from tests.conftest import DEMO_COUNT
 
@@ -39,9 +41,27 @@ def server_process(tmp_path: Path, demo_root: Path) -> Iterator[tuple[subprocess
     shutil.copytree(demo_root / "builds", root / "builds")
     port_file = tmp_path / "port"
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--index", str(root), "--port", "0",
-                             "--port-file", str(port_file), "--poll", "3600", "--access-log", "--log-format", "json"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "--index",
+            str(root),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--poll",
+            "3600",
+            "--access-log",
+            "--log-format",
+            "json",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         port = int(_wait_for_file(port_file, proc, START_TIMEOUT))
         yield proc, f"127.0.0.1:{port}", root
@@ -53,12 +73,18 @@ def server_process(tmp_path: Path, demo_root: Path) -> Iterator[tuple[subprocess
 
 
 def _query(target: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.client.cli", "--target", target, *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "server.client.cli", "--target", target, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def test_serve_sighup_query_and_graceful_stop(server_process, demo_root: Path, demo_catalog: Path,
-                                              tmp_path: Path) -> None:
+def test_serve_sighup_query_and_graceful_stop(
+    server_process, demo_root: Path, demo_catalog: Path, tmp_path: Path
+) -> None:
     proc, target, root = server_process
     with PosterClient(target) as client:
         assert client.health() == "NOT_SERVING"
@@ -71,6 +97,8 @@ def test_serve_sighup_query_and_graceful_stop(server_process, demo_root: Path, d
         os.replace(root / "CURRENT.tmp", root / "CURRENT")
         proc.send_signal(signal.SIGHUP)
         client.wait_until_serving(timeout=START_TIMEOUT)
+        # index queries are answered first; image search says when its model is loaded (its own health service)
+        client.wait_until_serving(timeout=START_TIMEOUT, service=IMAGE_SEARCH_HEALTH)
         assert client.info()["bundle_version"] == build_id
     out = _query(target, "similar", "1", "-k", "3")
     assert out.returncode == 0, out.stderr
@@ -78,8 +106,20 @@ def test_serve_sighup_query_and_graceful_stop(server_process, demo_root: Path, d
     data = json.loads(_query(target, "similar", "1", "-k", "4", "--json").stdout)
     assert len(data["neighbors"]) == 4 and data["exact"]
     sheet = tmp_path / "sheet.png"
-    out = _query(target, "like", "1", "2:0.5", "--not", "3", "-k", "5", "--sheet", str(sheet),
-                 "--posters", str(demo_catalog / "posters"))
+    out = _query(
+        target,
+        "like",
+        "1",
+        "2:0.5",
+        "--not",
+        "3",
+        "-k",
+        "5",
+        "--sheet",
+        str(sheet),
+        "--posters",
+        str(demo_catalog / "posters"),
+    )
     assert out.returncode == 0, out.stderr
     with Image.open(sheet) as im:
         assert im.size[0] > 6 * 150 and im.size[1] > 250  # query + 5 neighbours, with captions
@@ -105,25 +145,42 @@ def test_serve_sighup_query_and_graceful_stop(server_process, demo_root: Path, d
 
 
 def test_serve_help_and_defaults() -> None:
-    out = subprocess.run([sys.executable, "-m", "server.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "server.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    ).stdout
     assert "127.0.0.1" in out and "50051" in out
-    for option in ("--index", "--tls-cert", "--tls-client-ca", "--token-file", "--metrics-port", "--max-k",
-                   "--max-image-bytes", "--no-image-search", "--poll", "--grace"):
+    for option in (
+        "--index",
+        "--tls-cert",
+        "--tls-client-ca",
+        "--token-file",
+        "--metrics-port",
+        "--max-k",
+        "--max-image-bytes",
+        "--no-image-search",
+        "--poll",
+        "--grace",
+    ):
         assert option in out, option
 
 
 def test_query_help_lists_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "server.client.cli", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "server.client.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    ).stdout
     for command in ("similar", "like", "image", "title", "info"):
         assert command in out
 
 
 @pytest.mark.skipif(os.environ.get("POSTERS_SKIP_DEMO") == "1", reason="demo disabled")
 def test_demo_end_to_end(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "server.demo", "--workdir", str(tmp_path / "demo"), "--count", "40"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "server.demo", "--workdir", str(tmp_path / "demo"), "--count", "40"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "server stopped cleanly (exit code 0)" in out.stdout
     sheets = sorted(p.name for p in (tmp_path / "demo" / "sheets").glob("*.png"))

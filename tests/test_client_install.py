@@ -4,6 +4,7 @@ A subprocess blocks FAISS, TensorFlow/Keras, pandas, pydantic and the other serv
 packages at import time, then imports the client, talks to a real server and draws a contact sheet.
 ``scripts/check_client_install.sh`` does the same from a real client-only install in an empty venv.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -14,10 +15,24 @@ from pathlib import Path
 from tests.grpc_helpers import serve
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
-BLOCKED = ("faiss", "tensorflow", "keras", "pandas", "pydantic", "sklearn", "matplotlib", "tqdm",
-           "prometheus_client", "cryptography", "threadpoolctl", "grpc_reflection", "imagehash", "skimage")
+BLOCKED = (
+    "faiss",
+    "tensorflow",
+    "keras",
+    "pandas",
+    "pydantic",
+    "sklearn",
+    "matplotlib",
+    "tqdm",
+    "prometheus_client",
+    "cryptography",
+    "threadpoolctl",
+    "grpc_reflection",
+    "imagehash",
+    "skimage",
+)
 
-CLIENT_SCRIPT = textwrap.dedent('''
+CLIENT_SCRIPT = textwrap.dedent("""
     import importlib.abc, sys
     BLOCKED = {blocked!r}
 
@@ -41,15 +56,14 @@ CLIENT_SCRIPT = textwrap.dedent('''
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not loaded, loaded
     sys.exit(code)
-''')
+""")
 
 
 def test_client_runs_with_server_packages_blocked(vectors_root, tmp_path: Path) -> None:
     root, _, _ = vectors_root
     with serve(root) as served:
         script = CLIENT_SCRIPT.format(blocked=BLOCKED, target=served.target, sheet=str(tmp_path / "sheet.png"))
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT_DIR,
-                             timeout=120)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT_DIR, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "item_count" in out.stdout and "600" in out.stdout
     assert (tmp_path / "sheet.png").stat().st_size > 0
@@ -57,7 +71,9 @@ def test_client_runs_with_server_packages_blocked(vectors_root, tmp_path: Path) 
 
 def test_the_blocker_really_blocks(tmp_path: Path) -> None:
     """The check above would pass vacuously if blocking did nothing: importing a server module must fail."""
-    script = CLIENT_SCRIPT.split("from server.client import PosterClient")[0].format(blocked=BLOCKED) + \
-        "import server.searcher\n"
+    script = (
+        CLIENT_SCRIPT.split("from server.client import PosterClient")[0].format(blocked=BLOCKED)
+        + "import server.searcher\n"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT_DIR, timeout=120)
     assert out.returncode != 0 and "is blocked" in out.stderr

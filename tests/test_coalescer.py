@@ -67,6 +67,7 @@ def test_queued_queries_run_as_one_batch_with_exact_results() -> None:
     gated.release.set()
     for t in [leader, *followers]:
         t.join(30)
+    assert not any(t.is_alive() for t in [leader, *followers]), "a search thread hung"
     assert gated.batch_sizes == [1, 5]  # the five queued queries ran as one FAISS call
     assert (co.batches, co.queries) == (2, 6)
     for i in range(6):

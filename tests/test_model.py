@@ -88,12 +88,42 @@ def test_real_weights_classify_real_photos(photos) -> None:
     assert top["motorcycle"] in MOTORBIKE_CLASSES
 
 
-def test_wrong_shape_weights_are_refused(tmp_path) -> None:
-    model = lite.build(include_top=False)
-    model.get_layer("conv_stem")  # exists
-    other = lite.build(include_top=True)
-    with pytest.raises(ModelError):
-        lite.load_torch_weights(other.__class__(other.input, other.get_layer("bn0").output), lite.packaged_weights_path())
+@pytest.fixture(scope="module")
+def feature_model():
+    return lite.build(include_top=False)
+
+
+def _edited(state: dict[str, np.ndarray], remove: tuple[str, ...], replace: dict[str, np.ndarray]) -> dict:
+    return {**{k: v for k, v in state.items() if k not in remove}, **replace}
+
+
+STEM_5X5 = np.zeros((32, 3, 5, 5), np.float32)  # the real stem is 3x3
+
+
+@pytest.mark.parametrize("remove,replace,match", [
+    ((), {"_conv_stem.weight": STEM_5X5},
+     r"_conv_stem shapes expected \[\(3, 3, 3, 32\)\], got \[\(5, 5, 3, 32\)\]"),
+    (("_bn0.running_var",), {}, r"weight '_bn0.running_var' expected but missing"),
+    ((), {"_conv_stem.bias": np.zeros(32, np.float32)}, r"not mapped onto the model: \['_conv_stem.bias'\]"),
+    ((), {"_head_extra.weight": np.zeros((4, 4, 1, 1), np.float32)}, r"no layer for weights '_head_extra'"),
+], ids=["wrong-shape", "missing-tensor", "leftover-tensor", "unknown-layer"])
+def test_mismatched_weights_are_refused(feature_model, state, monkeypatch, remove, replace, match: str) -> None:
+    """The real file maps onto the model; the same file with one tensor of the wrong shape, missing, extra or
+    for a layer the model lacks is refused with a ModelError naming the file and the tensor."""
+    path = lite.packaged_weights_path()
+    monkeypatch.setattr(lite, "read_legacy_state_dict", lambda _: _edited(state, remove, replace))
+    with pytest.raises(ModelError, match=match) as info:
+        lite.load_torch_weights(feature_model, path)
+    assert str(path) in str(info.value)
+    monkeypatch.setattr(lite, "read_legacy_state_dict", lambda _: dict(state))
+    lite.load_torch_weights(feature_model, path)  # control: the unedited weights load
+
+
+def test_weights_for_layers_the_model_lacks_are_refused() -> None:
+    full = lite.build(include_top=True)
+    truncated = full.__class__(full.input, full.get_layer("bn0").output)  # stops after the stem
+    with pytest.raises(ModelError, match="no layer for weights '_blocks"):
+        lite.load_torch_weights(truncated, lite.packaged_weights_path())
 
 
 def test_embedding_dimension_is_read_from_the_model(lite_embedder: Embedder) -> None:

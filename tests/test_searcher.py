@@ -1,19 +1,24 @@
 """The search core against exact NumPy oracles: the dense-matrix method, options, errors."""
+
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
 from indexer import bundle as bundles
+from indexer.bundle import Manifest
 from indexer.build import BuildConfig, build
 from indexer.index import IndexSpec
 from indexer.precomputed import PrecomputedConfig
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.searcher import SearchLimits, Searcher
-from server.types import ItemQuery, ItemsQuery, SearchOptions, VectorQuery
-from tests.conftest import QUIET, clustered_vectors
+from server.types import ItemQuery, ItemsQuery, SearchOptions, SearchResult, VectorQuery
+from tests.conftest import QUIET, assert_exact_topk, clustered_vectors
 
 
 def dense_matrix_predict_by_id(x: np.ndarray, ids: np.ndarray, item_id: int, k: int) -> tuple[list[int], np.ndarray]:
@@ -32,15 +37,6 @@ def searcher(vectors_root) -> tuple[Searcher, np.ndarray, np.ndarray]:
     return Searcher(bundles.load_bundle(bundles.current_path(root))), ids, x
 
 
-def _ivf_searcher(tmp_path: Path) -> tuple[Searcher, np.ndarray, np.ndarray]:
-    x = clustered_vectors(3000, 32, clusters=30, seed=8)
-    ids = np.arange(3000, dtype=np.int64) + 50
-    np.savez(tmp_path / "v.npz", ids=ids, vectors=x)
-    build(BuildConfig(index_root=tmp_path / "ivf", precomputed=PrecomputedConfig(tmp_path / "v.npz"),
-                      index=IndexSpec(kind="ivf", nlist=30), pipeline=QUIET, neighbours_k=0))
-    return Searcher(bundles.load_bundle(bundles.current_path(tmp_path / "ivf"))), ids, x
-
-
 @pytest.mark.parametrize("k", [1, 10, 20, 50])
 def test_similar_to_item_equals_dense_matrix(searcher, k: int) -> None:
     s, ids, x = searcher
@@ -54,10 +50,11 @@ def test_similar_to_item_equals_dense_matrix(searcher, k: int) -> None:
 
 def test_table_and_index_paths_agree(searcher) -> None:
     s, ids, _ = searcher
-    assert s.table_k == 20
+    assert s.info().neighbour_table_k == 20
     for item_id in ids[::50]:
         table = s.similar_to_item(int(item_id), SearchOptions(k=10))
-        index = s.similar_to_item(int(item_id), SearchOptions(k=10, exclude_ids=(-1,)))  # forces the index path
+        # excluding the item itself changes nothing but forces the index path (the table has no exclusions)
+        index = s.similar_to_item(int(item_id), SearchOptions(k=10, exclude_ids=(int(item_id),)))
         assert [h.item.item_id for h in table.hits] == [h.item.item_id for h in index.hits]
         np.testing.assert_allclose([h.score for h in table.hits], [h.score for h in index.hits], atol=1e-5)
 
@@ -104,13 +101,17 @@ def test_vector_search_normalizes_and_checks_dimension(searcher) -> None:
         s.search_vector([0.0] * x.shape[1])
 
 
-@pytest.mark.parametrize("options,match", [
-    (SearchOptions(k=-1), "k expected 1..1000"),
-    (SearchOptions(k=1001), "got 1001"),
-    (SearchOptions(min_score=float("nan")), "min_score"),
-    (SearchOptions(nprobe=-3), "nprobe expected 0"),
-    (SearchOptions(exclude_ids=tuple(range(10_001))), "at most 10000 ids"),
-], ids=["k-negative", "k-too-big", "min-score-nan", "nprobe-negative", "too-many-ids"])
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        (SearchOptions(k=-1), "k expected 1..1000"),
+        (SearchOptions(k=1001), "got 1001"),
+        (SearchOptions(min_score=float("nan")), "min_score"),
+        (SearchOptions(nprobe=-3), "nprobe expected 0"),
+        (SearchOptions(exclude_ids=tuple(range(10_001))), "at most 10000 ids"),
+    ],
+    ids=["k-negative", "k-too-big", "min-score-nan", "nprobe-negative", "too-many-ids"],
+)
 def test_invalid_options(searcher, options: SearchOptions, match: str) -> None:
     s, ids, _ = searcher
     with pytest.raises(InvalidArgument, match=match):
@@ -122,8 +123,10 @@ def test_not_found_names_the_id(searcher) -> None:
     with pytest.raises(NotFound, match="item 999999 is not in bundle"):
         s.similar_to_item(999999)
     with pytest.raises(NotFound, match="candidate item 424242"):
-        s.similar_to_item(int(ids[0]), SearchOptions(candidate_ids=(424242,)))
+        s.similar_to_item(int(ids[0]), SearchOptions(candidate_ids=(424242,), strict=True))
     with pytest.raises(NotFound, match="positive item 7"):
+        s.similar_to_items([(7, 1.0), (int(ids[0]), 1.0)], options=SearchOptions(strict=True))
+    with pytest.raises(NotFound, match="expected at least one in bundle .* got none of \\[7\\]"):
         s.similar_to_items([(7, 1.0)])
     with pytest.raises(InvalidArgument, match="weight .* expected > 0"):
         s.similar_to_items([(int(ids[0]), -1.0)])
@@ -150,45 +153,199 @@ def test_image_search_unavailable_for_precomputed_and_size_caps(vectors_root) ->
         small.search_image(b"x" * 11)
 
 
-def test_ivf_nprobe_and_exact(tmp_path: Path) -> None:
-    s, ids, x = _ivf_searcher(tmp_path)
-    assert not s.is_exact_index and s.nlist == 30 and 1 <= s.default_nprobe <= 30
-    q = x[:100]
-    exact_hits = [s.search_vector(v, SearchOptions(k=10, exact=True)) for v in q]
-    truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
-    for res, t in zip(exact_hits, truth):
-        assert res.exact and [h.item.item_id for h in res.hits] == ids[t].tolist()
-    one = [s.search_vector(v, SearchOptions(k=10, nprobe=1)) for v in q]
-    assert not one[0].exact
-    recall_1 = np.mean([len({h.item.item_id for h in r.hits} & set(ids[t])) / 10 for r, t in zip(one, truth)])
-    full = [s.search_vector(v, SearchOptions(k=10, nprobe=30)) for v in q]
-    recall_full = np.mean([len({h.item.item_id for h in r.hits} & set(ids[t])) / 10 for r, t in zip(full, truth)])
-    assert recall_full == 1.0 and recall_1 <= recall_full
-    with pytest.raises(InvalidArgument, match="nprobe expected 0 .* or 1..30, got 31"):
-        s.search_vector(q[0], SearchOptions(nprobe=31))
+IVF_ITEMS, IVF_QUERIES, IVF_DIM, IVF_NLIST, IVF_K = 3000, 100, 32, 30, 10
+
+
+@dataclass(frozen=True)
+class IvfCase:
+    root: Path
+    searcher: Searcher
+    reference: faiss.Index  # the same bundle loaded a second time: FAISS's own answers
+    manifest: Manifest
+    ids: np.ndarray
+    x: np.ndarray
+    q: np.ndarray  # held-out queries
+
+
+def build_ivf_case(folder: Path) -> IvfCase:
+    """A seeded IVF bundle on which nprobe matters: 200 loose clusters over 30 lists, so one probe misses
+    neighbours that the build's tuned nprobe (strictly between 1 and nlist) finds, and that all lists find."""
+    everything = clustered_vectors(IVF_ITEMS + IVF_QUERIES, IVF_DIM, clusters=200, spread=0.6, seed=8)
+    x, q = everything[:IVF_ITEMS], everything[IVF_ITEMS:]
+    ids = np.arange(IVF_ITEMS, dtype=np.int64) * 7 + 50
+    np.savez(folder / "v.npz", ids=ids, vectors=x)
+    root = folder / "ivf"
+    build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(folder / "v.npz"),
+            index=IndexSpec(kind="ivf", nlist=IVF_NLIST),
+            pipeline=QUIET,
+            neighbours_k=0,
+        )
+    )
+    path = bundles.current_path(root)
+    reference = bundles.load_bundle(path)
+    return IvfCase(root, Searcher(bundles.load_bundle(path)), reference.index, reference.manifest, ids, x, q)
+
+
+@pytest.fixture(scope="module")
+def ivf(tmp_path_factory: pytest.TempPathFactory) -> IvfCase:
+    return build_ivf_case(tmp_path_factory.mktemp("ivf"))
+
+
+def faiss_answer(case: IvfCase, queries: np.ndarray, nprobe: int, k: int = IVF_K) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's own (ids, scores) at ``nprobe``."""
+    scores, found = case.reference.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+    return found, scores
+
+
+def result_arrays(results: list[SearchResult]) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.array([[h.item.item_id for h in r.hits] for r in results], dtype=np.int64),
+        np.array([[h.score for h in r.hits] for r in results]),
+    )
+
+
+def ivf_recall(found: np.ndarray, case: IvfCase) -> float:
+    """recall@k of ``found`` (ids, nq x k) against brute force in float64."""
+    truth = case.ids[np.argsort(-(case.q.astype(np.float64) @ case.x.astype(np.float64).T), axis=1)[:, :IVF_K]]
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / IVF_K for f, t in zip(found, truth)]))
+
+
+def test_ivf_request_nprobe_is_used(ivf: IvfCase) -> None:
+    """Each request's nprobe gives exactly FAISS's answer at that nprobe: one probe finds strictly fewer true
+    neighbours than the tuned value, which finds fewer than probing every list (exact)."""
+    nlist, tuned = ivf.manifest.index.nlist, ivf.manifest.index.nprobe
+    assert nlist == IVF_NLIST and 1 < tuned < nlist, ivf.manifest.index
+    recalls = {}
+    for nprobe in sorted({1, 2, tuned, nlist}):
+        results = [ivf.searcher.search_vector(v, SearchOptions(k=IVF_K, nprobe=nprobe)) for v in ivf.q]
+        found, scores = result_arrays(results)
+        want_ids, want_scores = faiss_answer(ivf, ivf.q, nprobe)
+        np.testing.assert_array_equal(found, want_ids, err_msg=f"nprobe={nprobe}")
+        np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+        assert [r.exact for r in results] == [nprobe == nlist] * len(results), nprobe
+        recalls[nprobe] = ivf_recall(found, ivf)
+    assert recalls[1] < recalls[tuned] < recalls[nlist] == 1.0, recalls
+
+    # vector queries in one batch share one FAISS call with the request's nprobe
+    batch = ivf.searcher.batch([VectorQuery(v, SearchOptions(k=IVF_K, nprobe=1)) for v in ivf.q])
+    np.testing.assert_array_equal(result_arrays(batch)[0], faiss_answer(ivf, ivf.q, 1)[0])
+
+    # item queries (this bundle has no neighbour table): an item whose one-probe answer differs from the tuned one
+    vectors = np.vstack([ivf.reference.reconstruct(int(i)) for i in ivf.ids[:50]])
+    one, _ = faiss_answer(ivf, vectors, 1, IVF_K + 1)
+    default, _ = faiss_answer(ivf, vectors, tuned, IVF_K + 1)
+    row = next(r for r in range(len(vectors)) if not np.array_equal(one[r], default[r]))
+    item = int(ivf.ids[row])
+    got = ivf.searcher.similar_to_item(item, SearchOptions(k=IVF_K, nprobe=1))
+    assert [h.item.item_id for h in got.hits] == [i for i in one[row].tolist() if i != item][:IVF_K]
+
+
+def test_ivf_default_nprobe_is_the_bundles_tuned_value(ivf: IvfCase) -> None:
+    """nprobe 0 means the value the build tuned and stored in the manifest (not 1, not nlist)."""
+    nlist, tuned = ivf.manifest.index.nlist, ivf.manifest.index.nprobe
+    assert ivf.manifest.index.recall >= ivf.manifest.index.target_recall
+    assert ivf.searcher.info().default_nprobe == tuned
+    at = {p: faiss_answer(ivf, ivf.q, p)[0] for p in (1, tuned, nlist)}
+    assert not np.array_equal(at[tuned], at[1]) and not np.array_equal(at[tuned], at[nlist])  # distinguishable
+    results = [ivf.searcher.search_vector(v, SearchOptions(k=IVF_K)) for v in ivf.q]
+    np.testing.assert_array_equal(result_arrays(results)[0], at[tuned])
+    assert not any(r.exact for r in results)
+    batch = ivf.searcher.batch([VectorQuery(v, SearchOptions(k=IVF_K)) for v in ivf.q])
+    np.testing.assert_array_equal(result_arrays(batch)[0], at[tuned])
+
+
+def test_ivf_exact_and_nprobe_limits(ivf: IvfCase) -> None:
+    results = [ivf.searcher.search_vector(v, SearchOptions(k=IVF_K, exact=True)) for v in ivf.q]
+    found, scores = result_arrays(results)
+    assert_exact_topk(found, scores, ivf.x, ivf.ids, ivf.q)
+    assert all(r.exact for r in results)
+    with pytest.raises(InvalidArgument, match=f"nprobe expected 0 .* or 1..{IVF_NLIST}, got {IVF_NLIST + 1}"):
+        ivf.searcher.search_vector(ivf.q[0], SearchOptions(nprobe=IVF_NLIST + 1))
     # item queries on IVF reconstruct the item's vector by id
-    got = s.similar_to_item(int(ids[5]), SearchOptions(k=5, exact=True))
-    assert [h.item.item_id for h in got.hits] == [int(i) for i in ids[np.argsort(-(x @ x[5]))[1:6]]]
+    got = ivf.searcher.similar_to_item(int(ivf.ids[5]), SearchOptions(k=5, exact=True))
+    found, scores = result_arrays([got])
+    assert_exact_topk(found, scores, np.delete(ivf.x, 5, axis=0), np.delete(ivf.ids, 5), ivf.x[5:6])
+
+
+COALESCE_THREADS = 4
+COALESCE_QUERIES = 60
+COALESCE_NOISE = 0.05
+
+
+def test_coalesced_search_equals_the_oracle_under_concurrency(vectors_root) -> None:
+    """coalesce=True (flat bundle): vector and index-path item queries answer exactly, alone and from 4 threads
+    at once (concurrent single queries then share FAISS calls)."""
+    root, ids, x = vectors_root
+    path = bundles.current_path(root)
+    coalesced = Searcher(bundles.load_bundle(path), coalesce=True)
+    plain = Searcher(bundles.load_bundle(path))
+    rng = np.random.default_rng(21)
+    q = x[:COALESCE_QUERIES] + COALESCE_NOISE * rng.normal(size=(COALESCE_QUERIES, x.shape[1])).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    item_k = coalesced.info().neighbour_table_k + 5  # above the table: answered through the index
+
+    def run(s: Searcher, order: np.ndarray) -> tuple[list[SearchResult], list[SearchResult]]:
+        vector = [s.search_vector(q[i], SearchOptions(k=10)) for i in order]
+        item = [s.similar_to_item(int(ids[i]), SearchOptions(k=item_k)) for i in order]
+        back = np.argsort(order)
+        return [vector[i] for i in back], [item[i] for i in back]
+
+    def check(vector: list[SearchResult], item: list[SearchResult]) -> None:
+        assert [len(r.hits) for r in vector] == [10] * COALESCE_QUERIES
+        assert [len(r.hits) for r in item] == [item_k] * COALESCE_QUERIES
+        assert_exact_topk(*result_arrays(vector), x, ids, q)
+        assert_exact_topk(*result_arrays(item), x, ids, x[:COALESCE_QUERIES], exclude_self=True)
+        assert all(r.exact for r in vector + item)
+
+    everything = np.arange(COALESCE_QUERIES)
+    check(*run(plain, everything))
+    check(*run(coalesced, everything))
+    barrier = threading.Barrier(COALESCE_THREADS)
+    answers: list[tuple | None] = [None] * COALESCE_THREADS
+    errors: list[BaseException | None] = [None] * COALESCE_THREADS
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            answers[n] = run(coalesced, np.random.default_rng(n).permutation(COALESCE_QUERIES))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread below
+            errors[n] = exc
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(COALESCE_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a search thread hung"
+    assert errors == [None] * COALESCE_THREADS, errors
+    for answer in answers:
+        check(*answer)
 
 
 def test_batch_matches_single_queries(searcher) -> None:
     s, ids, x = searcher
     queries = [VectorQuery(x[i], SearchOptions(k=4)) for i in range(10)] + [
-        ItemQuery(int(ids[3]), SearchOptions(k=3)), ItemsQuery(((int(ids[4]), 1.0),), (), SearchOptions(k=2))]
+        ItemQuery(int(ids[3]), SearchOptions(k=3)),
+        ItemsQuery(((int(ids[4]), 1.0),), (), SearchOptions(k=2)),
+    ]
     batch = s.batch(queries)
     assert len(batch) == len(queries)
     for q, r in zip(queries, batch):
         single = s.search(q)
         assert [h.item.item_id for h in r.hits] == [h.item.item_id for h in single.hits]
-    with pytest.raises(InvalidArgument, match="query 1: vector dimension"):
-        s.batch([VectorQuery(x[0]), VectorQuery([1.0, 2.0])])
+    good, bad = s.batch([VectorQuery(x[0]), VectorQuery([1.0, 2.0])])  # one bad query fails alone
+    assert isinstance(good, SearchResult) and len(good.hits) == 10
+    assert isinstance(bad, InvalidArgument) and str(bad).startswith("query 1: vector dimension")
     with pytest.raises(InvalidArgument, match="at most 256"):
         s.batch([VectorQuery(x[0])] * 257)
 
 
 def test_find_items_ranks_exact_then_prefix(tmp_path: Path, demo_root: Path) -> None:
     s = Searcher(bundles.load_bundle(bundles.current_path(demo_root)))
-    title = s.get_items([1])[0].title  # "Name (year)"
+    title = s.get_items([1]).items[0].title  # "Name (year)"
     name = title.rsplit(" (", 1)[0]
     found = s.find_items(name.upper())
     assert found[0].item_id == 1

@@ -1,4 +1,5 @@
 """Integration tests over a real in-process gRPC server on 127.0.0.1:0."""
+
 from __future__ import annotations
 
 import threading
@@ -8,21 +9,30 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from indexer import bundle as bundles
 from indexer.build import BuildConfig, build
 from indexer.precomputed import PrecomputedConfig
 from server._proto import posters_pb2 as pb
+from server._proto import posters_pb2_grpc as pb_grpc
 from server.searcher import SearchLimits
 from server.types import ItemQuery, SearchOptions, VectorQuery
 from tests.conftest import DEMO_COUNT, QUIET, clustered_vectors, jpeg_bytes
 from tests.grpc_helpers import Served, raw_call, self_signed_pki, serve
 from tests.hostile import pixel_bomb_png
-from tests.test_searcher import dense_matrix_predict_by_id
+from tests.test_searcher import IVF_K, build_ivf_case, dense_matrix_predict_by_id, faiss_answer, result_arrays
 
-METHODS = ("SimilarToItem", "SimilarToItems", "SearchByVector", "SearchByImage", "BatchSearch", "FindItems",
-           "GetItems", "GetIndexInfo")
+METHODS = (
+    "SimilarToItem",
+    "SimilarToItems",
+    "SearchByVector",
+    "SearchByImage",
+    "BatchSearch",
+    "FindItems",
+    "GetItems",
+    "GetIndexInfo",
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +79,9 @@ def test_every_rpc_and_option(served: Served, demo_root: Path, demo_catalog: Pat
     assert {h.item.item_id for h in cands.hits} <= {5, 6, 7, 8} and len(cands.hits) == 3
     high = c.similar(1, SearchOptions(k=30, min_score=first.hits[2].score))
     assert [h.item.item_id for h in high.hits] == [h.item.item_id for h in first.hits[:3]]
-    assert c.similar(1, SearchOptions(k=5, nprobe=4)).hits == first.hits  # nprobe ignored by flat
+    ignored = c.similar(1, SearchOptions(k=5, nprobe=4)).hits  # nprobe ignored by flat (index path, not the table)
+    assert [h.item for h in ignored] == [h.item for h in first.hits]
+    np.testing.assert_allclose([h.score for h in ignored], [h.score for h in first.hits], atol=1e-5)
     like = c.like([(1, 1.0), (2, 3.0)], [(3, 1.0)], SearchOptions(k=4))
     assert not {1, 2, 3} & {h.item.item_id for h in like.hits} and len(like.hits) == 4
     vec = c.vector(x[3].tolist(), SearchOptions(k=2))
@@ -81,7 +93,9 @@ def test_every_rpc_and_option(served: Served, demo_root: Path, demo_catalog: Pat
     assert [i.item_id for i in c.items([3, 1])] == [3, 1]
     info = c.info()
     assert info["item_count"] == DEMO_COUNT and info["dimension"] == x.shape[1] and info["index_type"] == "flat"
-    assert info["image_search"] and info["neighbour_table_k"] == 20 and info["manifest"]["model"] == "efficientnet_lite0"
+    assert (
+        info["image_search"] and info["neighbour_table_k"] == 20 and info["manifest"]["model"] == "efficientnet_lite0"
+    )
 
 
 def test_search_by_image_of_own_poster(served: Served, demo_catalog: Path) -> None:
@@ -92,27 +106,47 @@ def test_search_by_image_of_own_poster(served: Served, demo_catalog: Path) -> No
         assert result.hits[0].score >= 0.99
 
 
-@pytest.mark.parametrize("call,code,message", [
-    (lambda c: c.similar(1, SearchOptions(k=-1)), "INVALID_ARGUMENT", "k expected 1..1000"),
-    (lambda c: c.similar(1, SearchOptions(k=5000)), "INVALID_ARGUMENT", "got 5000"),
-    (lambda c: c.vector([0.1] * 7), "INVALID_ARGUMENT", "dimension expected 1280"),
-    (lambda c: c.vector([float("nan")] * 1280), "INVALID_ARGUMENT", "finite"),
-    (lambda c: c.vector([float("inf")] * 1280), "INVALID_ARGUMENT", "finite"),
-    (lambda c: c.image(b""), "INVALID_ARGUMENT", "0 bytes"),
-    (lambda c: c.image(b"<html>not an image</html>"), "INVALID_ARGUMENT", "decodable"),
-    (lambda c: c.image(pixel_bomb_png()), "RESOURCE_EXHAUSTED", "pixels"),
-    (lambda c: c.image(b"\xff" * (SearchLimits().max_image_bytes + 1)), "RESOURCE_EXHAUSTED", "bytes"),
-    (lambda c: c.find(""), "INVALID_ARGUMENT", "non-empty"),
-    (lambda c: c.like([]), "INVALID_ARGUMENT", "at least one"),
-    (lambda c: c.batch([]), "INVALID_ARGUMENT", "at least one"),
-    (lambda c: c.items([]), "INVALID_ARGUMENT", "at least one"),
-    (lambda c: c.similar(424242), "NOT_FOUND", "item 424242"),
-    (lambda c: c.like([(1, 1.0), (777777, 1.0)]), "NOT_FOUND", "777777"),
-    (lambda c: c.items([1, 31337]), "NOT_FOUND", "31337"),
-    (lambda c: c.batch([ItemQuery(1), ItemQuery(99999)]), "NOT_FOUND", "query 1: item 99999"),
-], ids=["k-negative", "k-over-cap", "wrong-dim", "nan", "inf", "empty-image", "undecodable-image", "pixel-bomb",
-        "image-bytes", "empty-title", "no-positives", "empty-batch", "no-ids", "unknown-item", "unknown-positive",
-        "unknown-get", "batch-position"])
+@pytest.mark.parametrize(
+    "call,code,message",
+    [
+        (lambda c: c.similar(1, SearchOptions(k=-1)), "INVALID_ARGUMENT", "k expected 1..1000"),
+        (lambda c: c.similar(1, SearchOptions(k=5000)), "INVALID_ARGUMENT", "got 5000"),
+        (lambda c: c.vector([0.1] * 7), "INVALID_ARGUMENT", "dimension expected 1280"),
+        (lambda c: c.vector([float("nan")] * 1280), "INVALID_ARGUMENT", "finite"),
+        (lambda c: c.vector([float("inf")] * 1280), "INVALID_ARGUMENT", "finite"),
+        (lambda c: c.image(b""), "INVALID_ARGUMENT", "0 bytes"),
+        (lambda c: c.image(b"<html>not an image</html>"), "INVALID_ARGUMENT", "decodable"),
+        (lambda c: c.image(pixel_bomb_png()), "RESOURCE_EXHAUSTED", "pixels"),
+        (lambda c: c.image(b"\xff" * (SearchLimits().max_image_bytes + 1)), "RESOURCE_EXHAUSTED", "bytes"),
+        (lambda c: c.find(""), "INVALID_ARGUMENT", "non-empty"),
+        (lambda c: c.like([]), "INVALID_ARGUMENT", "at least one"),
+        (lambda c: c.batch([]), "INVALID_ARGUMENT", "at least one"),
+        (lambda c: c.items([]), "INVALID_ARGUMENT", "at least one"),
+        (lambda c: c.similar(424242), "NOT_FOUND", "item 424242"),
+        (lambda c: c.like([(1, 1.0), (777777, 1.0)], options=SearchOptions(strict=True)), "NOT_FOUND", "777777"),
+        (lambda c: c.like([(777777, 1.0)]), "NOT_FOUND", "got none of [777777]"),
+        (lambda c: c.items([1, 31337], strict=True), "NOT_FOUND", "31337"),
+    ],
+    ids=[
+        "k-negative",
+        "k-over-cap",
+        "wrong-dim",
+        "nan",
+        "inf",
+        "empty-image",
+        "undecodable-image",
+        "pixel-bomb",
+        "image-bytes",
+        "empty-title",
+        "no-positives",
+        "empty-batch",
+        "no-ids",
+        "unknown-item",
+        "unknown-positive-strict",
+        "no-known-positive",
+        "unknown-get-strict",
+    ],
+)
 def test_error_statuses(served: Served, call, code: str, message: str) -> None:
     got, details = _code(call, served.client)
     assert got.name == code, details
@@ -157,7 +191,9 @@ def test_malformed_request_bytes_are_invalid_argument(served: Served) -> None:
 def test_unavailable_then_health_transition(tmp_path: Path, vectors_root) -> None:
     root = tmp_path / "empty"
     root.mkdir()
-    with serve(root) as s:
+    with serve(root) as s, grpc.insecure_channel(s.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert s.client.health() == "NOT_SERVING"
         assert s.client.health("posters.v1.PosterSimilarity") == "NOT_SERVING"
         code, details = _code(s.client.similar, 1)
@@ -170,6 +206,8 @@ def test_unavailable_then_health_transition(tmp_path: Path, vectors_root) -> Non
         shutil.copytree(src / "builds" / build_id, root / "builds" / build_id)
         (root / "CURRENT").write_text(build_id)
         assert s.manager.reload()
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # the stream saw the transition
+        watch.cancel()
         assert s.client.health() == "SERVING"
         assert s.client.info()["bundle_version"] == build_id
 
@@ -184,31 +222,42 @@ def test_reflection_lists_the_service(served: Served) -> None:
 def _publish_vectors(root: Path, tmp: Path, seed: int, n: int = 400) -> str:
     x = clustered_vectors(n, 16, clusters=8, seed=seed)
     np.savez(tmp / f"v{seed}.npz", ids=np.arange(1, n + 1), vectors=x)
-    return build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp / f"v{seed}.npz"), pipeline=QUIET,
-                             neighbours_k=10, keep_builds=10)).build_id
+    return build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(tmp / f"v{seed}.npz"),
+            pipeline=QUIET,
+            neighbours_k=10,
+            keep_builds=10,
+        )
+    ).build_id
 
 
 def test_hot_reload_under_concurrent_queries(tmp_path: Path) -> None:
     root = tmp_path / "root"
     versions = [_publish_vectors(root, tmp_path, 0)]
-    errors: list[str] = []
-    seen: set[str] = set()
+    workers = 4
+    # each worker writes only its own slot: no shared counter, no lock needed
+    errors: list[list[str]] = [[] for _ in range(workers)]
+    seen: list[set[str]] = [set() for _ in range(workers)]
+    counts = [0] * workers
     stop = threading.Event()
-    counts = [0]
     with serve(root) as s:
+
         def worker(n: int) -> None:
             rng = np.random.default_rng(n)
             while not stop.is_set():
                 try:
                     r = s.client.similar(int(rng.integers(1, 401)), SearchOptions(k=5))
-                    seen.add(r.bundle_version)
+                    seen[n].add(r.bundle_version)
                     assert len(r.hits) == 5
                     v = s.client.vector(rng.normal(size=16).tolist(), SearchOptions(k=3))
-                    seen.add(v.bundle_version)
-                    counts[0] += 2
+                    seen[n].add(v.bundle_version)
+                    counts[n] += 2
                 except Exception as exc:  # noqa: BLE001 - collected and asserted below
-                    errors.append(repr(exc))
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+                    errors[n].append(repr(exc))
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
         for t in threads:
             t.start()
         for seed in range(1, 6):
@@ -218,8 +267,11 @@ def test_hot_reload_under_concurrent_queries(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert s.client.info()["bundle_version"] == versions[-1]
-    assert not errors, errors[:3]
-    assert counts[0] > 50 and len(seen) >= 2, (counts[0], seen)
+    failures = [e for per_worker in errors for e in per_worker]
+    versions_seen = set().union(*seen)
+    assert not failures, failures[:3]
+    assert all(c > 0 for c in counts) and sum(counts) > 50 and len(versions_seen) >= 2, (counts, versions_seen)
+    assert versions_seen <= set(versions), versions_seen
 
 
 def test_polling_picks_up_a_new_bundle(tmp_path: Path) -> None:
@@ -261,9 +313,11 @@ def test_corrupt_new_bundle_refused_old_keeps_serving(tmp_path: Path) -> None:
 
 
 def test_request_id_and_metrics(served: Served) -> None:
-    call = served.client._stub.SimilarToItem.with_call(pb.SimilarToItemRequest(item_id=1),
-                                                       metadata=(("x-request-id", "abc123"),))
-    assert ("x-request-id", "abc123") in call[1].trailing_metadata()
+    with grpc.insecure_channel(served.target) as channel:  # the generated stub: the client hides metadata
+        _, call = pb_grpc.PosterSimilarityStub(channel).SimilarToItem.with_call(
+            pb.SimilarToItemRequest(item_id=1), metadata=(("x-request-id", "abc123"),), timeout=30
+        )
+    assert ("x-request-id", "abc123") in call.trailing_metadata()
     _code(served.client.similar, 999999)
     text = __import__("prometheus_client").generate_latest(served.metrics.registry).decode()
     assert 'posters_requests_total{code="OK",method="SimilarToItem"}' in text
@@ -302,26 +356,62 @@ def test_tls_and_mtls(tmp_path: Path, vectors_root) -> None:
 
     root, _, _ = vectors_root
     pki = self_signed_pki(tmp_path / "pki")
-    with serve(root, tls=TlsConfig(pki["server_cert"], pki["server_key"]),
-               client_kwargs={"tls_ca": pki["ca_cert"], "timeout": 10}) as s:
+    with serve(
+        root,
+        tls=TlsConfig(pki["server_cert"], pki["server_key"]),
+        client_kwargs={"tls_ca": pki["ca_cert"], "timeout": 10},
+    ) as s:
         assert s.client.similar(100, SearchOptions(k=1)).hits
         with PosterClient(s.target, timeout=3) as plaintext:
             assert _code(plaintext.similar, 100)[0] == grpc.StatusCode.UNAVAILABLE
     tls = TlsConfig(pki["server_cert"], pki["server_key"], client_ca=pki["ca_cert"])
     with serve(root, tls=tls, token="t0k", client_kwargs={"tls_ca": pki["ca_cert"], "timeout": 3}) as s:
         assert _code(s.client.similar, 100)[0] == grpc.StatusCode.UNAVAILABLE  # no client certificate
-        with PosterClient(s.target, tls_ca=pki["ca_cert"], client_cert=pki["client_cert"],
-                          client_key=pki["client_key"], token="t0k", timeout=10) as mutual:
+        with PosterClient(
+            s.target,
+            tls_ca=pki["ca_cert"],
+            client_cert=pki["client_cert"],
+            client_key=pki["client_key"],
+            token="t0k",
+            timeout=10,
+        ) as mutual:
             assert mutual.similar(100, SearchOptions(k=1)).hits
 
 
 def test_health_watch_reports_serving(served: Served) -> None:
-    stream = served.client._health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
-    assert next(iter(stream)).status == health_pb2.HealthCheckResponse.SERVING
-    stream.cancel()
+    served.client.wait_until_serving(timeout=10)  # returns on the Watch stream's first SERVING
+    with grpc.insecure_channel(served.target) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        stream.cancel()
 
 
 def test_image_query_of_real_photo_copy(served: Served, photos) -> None:
     result = served.client.image(jpeg_bytes(photos["coffee"]), SearchOptions(k=3))
     assert len(result.hits) == 3 and all(-1.0 <= h.score <= 1.0 for h in result.hits)
     assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
+
+
+def test_nprobe_travels_over_grpc(tmp_path: Path) -> None:
+    """On an IVF bundle the client's nprobe reaches FAISS (vector, batch and item queries); 0 means the
+    bundle's tuned value. Each answer equals FAISS's own at that nprobe, and the three probe counts used
+    answer differently on these queries, so dropping nprobe anywhere on the way shows."""
+    case = build_ivf_case(tmp_path)
+    nlist, tuned = case.manifest.index.nlist, case.manifest.index.nprobe
+    at = {p: faiss_answer(case, case.q, p)[0] for p in (1, tuned, nlist)}
+    assert 1 < tuned < nlist and len({a.tobytes() for a in at.values()}) == 3
+    with serve(case.root) as s:
+        assert s.client.info()["default_nprobe"] == tuned
+        for nprobe, want in ((0, at[tuned]), (1, at[1]), (nlist, at[nlist])):
+            results = [s.client.vector(v.tolist(), SearchOptions(k=IVF_K, nprobe=nprobe)) for v in case.q]
+            np.testing.assert_array_equal(result_arrays(results)[0], want, err_msg=f"nprobe={nprobe}")
+            assert [r.exact for r in results] == [nprobe == nlist] * len(results)
+        batch = s.client.batch([VectorQuery(v.tolist(), SearchOptions(k=IVF_K, nprobe=1)) for v in case.q])
+        np.testing.assert_array_equal(result_arrays(batch)[0], at[1])
+        vectors = np.vstack([case.reference.reconstruct(int(i)) for i in case.ids[:50]])
+        one = faiss_answer(case, vectors, 1, IVF_K + 1)[0]
+        default = faiss_answer(case, vectors, tuned, IVF_K + 1)[0]
+        row = next(r for r in range(len(vectors)) if not np.array_equal(one[r], default[r]))
+        item = int(case.ids[row])
+        got = s.client.similar(item, SearchOptions(k=IVF_K, nprobe=1))
+        assert [h.item.item_id for h in got.hits] == [i for i in one[row].tolist() if i != item][:IVF_K]

@@ -42,6 +42,7 @@ from indexer.bundle.manifest import (
     IndexParams,
     Manifest,
     NeighboursInfo,
+    ThumbnailsInfo,
     parse_manifest,
 )
 from indexer.bundle.reader import Bundle, bundle_digest, load_bundle, load_failures, read_manifest, verify_files
@@ -68,6 +69,7 @@ __all__ = [
     "IndexParams",
     "Manifest",
     "NeighboursInfo",
+    "ThumbnailsInfo",
     "build_lock",
     "bundle_digest",
     "current_path",

@@ -71,6 +71,15 @@ class IndexParams(_Frozen):
     build_seconds: float = 0.0
 
 
+class ThumbnailsInfo(_Frozen):
+    """Poster thumbnails stored in the bundle (posters.bin + poster_offsets.npy), served by GetPosters."""
+
+    width: int = Field(gt=0)  # the box thumbnails fit in (aspect kept)
+    height: int = Field(gt=0)
+    quality: int = Field(gt=0, le=100)  # JPEG quality
+    count: int = Field(ge=0)  # items that have one
+
+
 class NeighboursInfo(_Frozen):
     """The precomputed item-to-item neighbour table (k = 0: none)."""
 
@@ -92,6 +101,7 @@ class Manifest(_Frozen):
     item_count: int = Field(ge=0)
     failure_count: int = Field(ge=0)
     near_duplicate_pairs: int | None = None  # pairs above the near-duplicate cosine (None: not checked)
+    thumbnails: ThumbnailsInfo | None = None  # None: the bundle stores no thumbnails
     files: dict[str, FileEntry] = Field(default_factory=dict)
     source: dict[str, dict[str, str] | None] = Field(default_factory=dict)
     embedding_counts: dict[str, int] = Field(default_factory=dict)

@@ -28,6 +28,9 @@ from indexer.bundle.layout import (
     NEIGHBOUR_FILES,
     NEIGHBOUR_IDS,
     NEIGHBOUR_SCORES,
+    POSTER_FILES,
+    POSTER_OFFSETS,
+    POSTERS_FILE,
     REQUIRED_FILES,
     STAGING_PREFIX,
 )
@@ -37,10 +40,32 @@ from indexer.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
-ITEM_DTYPES = {"item_id": "int64", "title": str, "genres": str, "poster": str, "imdb_id": "Int64", "tmdb_id": "Int64"}
+ITEM_DTYPES = {
+    "item_id": "int64",
+    "title": str,
+    "genres": str,
+    "poster": str,
+    "imdb_id": "Int64",
+    "tmdb_id": "Int64",
+    "year": "Int64",
+    "rating_count": "Int64",
+}
+OPTIONAL_ITEM_COLUMNS = ("year", "rating_count")  # absent from format-1 bundles: unknown (NA)
 FAILURE_DTYPES = {"item_id": "Int64", "file": str, "stage": str, "reason": str}
 SCORE_TOLERANCE = 1e-4  # neighbour scores are cosines: within [-1, 1] up to float32 rounding
 INDEX_TYPES_EXACT = ("flat",)
+
+
+class PosterThumbnails:
+    """The bundle's thumbnails, memory-mapped: ``get(row)`` is one JPEG (or None), read on demand."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray) -> None:
+        self._data = data  # uint8 memmap of posters.bin
+        self._offsets = offsets
+
+    def get(self, row: int) -> bytes | None:
+        start, end = int(self._offsets[row]), int(self._offsets[row + 1])
+        return bytes(self._data[start:end]) if end > start else None
 
 
 @dataclass
@@ -54,6 +79,7 @@ class Bundle:
     items: pd.DataFrame
     neighbour_ids: np.ndarray | None
     neighbour_scores: np.ndarray | None
+    thumbnails: PosterThumbnails | None = None
 
     @property
     def version(self) -> str:
@@ -92,7 +118,11 @@ def _listing_problems(bundle_dir: Path, manifest: Manifest) -> list[str]:
             f"{bundle_dir / MANIFEST}: build_id is {manifest.build_id!r} but the bundle lives in "
             f"directory {bundle_dir.name!r} (a copied or renamed bundle: rebuild or restore it)"
         )
-    wanted = REQUIRED_FILES + (NEIGHBOUR_FILES if manifest.neighbours.k else ())
+    wanted = (
+        REQUIRED_FILES
+        + (NEIGHBOUR_FILES if manifest.neighbours.k else ())
+        + (POSTER_FILES if manifest.thumbnails is not None else ())
+    )
     for name in wanted:
         if name not in manifest.files:
             problems.append(f"{bundle_dir / MANIFEST}: required file {name} has no checksum entry")
@@ -146,10 +176,16 @@ def _read_index(path: Path, manifest: Manifest) -> faiss.Index:
 def _read_items(path: Path, manifest: Manifest) -> pd.DataFrame:
     try:
         items = pd.read_csv(
-            path, dtype=ITEM_DTYPES, keep_default_na=False, na_values={"imdb_id": [""], "tmdb_id": [""]}
+            path,
+            dtype=ITEM_DTYPES,
+            keep_default_na=False,
+            na_values={c: [""] for c in ("imdb_id", "tmdb_id", *OPTIONAL_ITEM_COLUMNS)},
         )
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise BundleError(f"{path} is corrupt: {exc}") from exc
+    for column in OPTIONAL_ITEM_COLUMNS:
+        if column not in items.columns:
+            items[column] = pd.Series(pd.NA, index=items.index, dtype="Int64")
     count = manifest.item_count
     if len(items) != count or items["item_id"].duplicated().any():
         raise BundleError(f"{path}: expected {count} unique item ids, got {items['item_id'].nunique()} of {len(items)}")
@@ -210,6 +246,30 @@ def _read_neighbours(bundle_dir: Path, manifest: Manifest, items: pd.DataFrame) 
     return nids, nscores
 
 
+def _read_thumbnails(bundle_dir: Path, manifest: Manifest) -> PosterThumbnails:
+    offsets_path, data_path = bundle_dir / POSTER_OFFSETS, bundle_dir / POSTERS_FILE
+    try:
+        offsets = np.load(offsets_path, allow_pickle=False)
+        size = data_path.stat().st_size
+        data = np.memmap(data_path, np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{offsets_path}: unreadable thumbnails: {exc}") from exc
+    expected = (manifest.item_count + 1,)
+    if offsets.dtype != np.int64 or offsets.shape != expected:
+        raise BundleError(
+            f"{offsets_path}: expected int64 offsets of shape {expected}, got {offsets.dtype}{offsets.shape}"
+        )
+    steps = np.diff(offsets)
+    if offsets[0] != 0 or (steps < 0).any() or offsets[-1] != size:
+        raise BundleError(f"{offsets_path}: offsets expected to run from 0 up to the size of {POSTERS_FILE} ({size})")
+    assert manifest.thumbnails is not None
+    if int((steps > 0).sum()) != manifest.thumbnails.count:
+        raise BundleError(
+            f"{offsets_path}: expected {manifest.thumbnails.count} thumbnails (manifest), got {int((steps > 0).sum())}"
+        )
+    return PosterThumbnails(data, offsets)
+
+
 def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
     """Read and validate a bundle; every failure is a BundleError naming the file(s).
 
@@ -228,8 +288,9 @@ def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
     nids = nscores = None
     if manifest.neighbours.k:
         nids, nscores = _read_neighbours(bundle_dir, manifest, items)
+    thumbnails = _read_thumbnails(bundle_dir, manifest) if manifest.thumbnails is not None else None
     load_failures(bundle_dir)
-    return Bundle(bundle_dir, manifest, manifest_digest(raw), index, items, nids, nscores)
+    return Bundle(bundle_dir, manifest, manifest_digest(raw), index, items, nids, nscores, thumbnails)
 
 
 def load_failures(bundle_dir: Path) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +29,8 @@ from indexer.bundle.layout import (
     MANIFEST,
     NEIGHBOUR_IDS,
     NEIGHBOUR_SCORES,
+    POSTER_OFFSETS,
+    POSTERS_FILE,
     STAGING_PREFIX,
     durable_file,
     fsync_dir,
@@ -54,6 +57,7 @@ class BundleContents:
     manifest: Manifest  # files, item_count and failure_count are filled in by the writer
     neighbour_ids: np.ndarray | None = None
     neighbour_scores: np.ndarray | None = None
+    thumbnails: Iterable[bytes | None] | None = None  # one per items row, in order (None: that item has none)
 
 
 def _items_for_csv(items: pd.DataFrame) -> pd.DataFrame:
@@ -90,6 +94,22 @@ def _write_npy(array: np.ndarray, path: Path) -> None:
         np.lib.format.write_array(_PythonWrites(fh), array, allow_pickle=False)
 
 
+def _write_thumbnails(thumbnails: Iterable[bytes | None], rows: int, staging: Path) -> int:
+    """posters.bin (JPEGs back to back) and poster_offsets.npy; returns how many items have one."""
+    offsets = np.zeros(rows + 1, np.int64)
+    count = 0
+    with durable_file(staging / POSTERS_FILE) as fh:
+        for row, jpeg in enumerate(thumbnails):
+            if row >= rows:
+                raise BuildError(f"thumbnails expected one per item ({rows}), got more")
+            if jpeg:
+                fh.write(jpeg)
+                count += 1
+            offsets[row + 1] = offsets[row] + (len(jpeg) if jpeg else 0)
+    _write_npy(offsets, staging / POSTER_OFFSETS)
+    return count
+
+
 def _write_files(staging: Path, contents: BundleContents) -> list[str]:
     _write_index(contents.index, staging / INDEX_FILE)
     _write_csv(_items_for_csv(contents.items), staging / ITEMS_FILE)
@@ -102,6 +122,12 @@ def _write_files(staging: Path, contents: BundleContents) -> list[str]:
         _write_npy(np.ascontiguousarray(contents.neighbour_ids, np.int64), staging / NEIGHBOUR_IDS)
         _write_npy(np.ascontiguousarray(contents.neighbour_scores, np.float32), staging / NEIGHBOUR_SCORES)
         names += [NEIGHBOUR_IDS, NEIGHBOUR_SCORES]
+    if contents.thumbnails is not None and contents.manifest.thumbnails is not None:
+        count = _write_thumbnails(contents.thumbnails, len(contents.items), staging)
+        contents.manifest = contents.manifest.model_copy(
+            update={"thumbnails": contents.manifest.thumbnails.model_copy(update={"count": count})}
+        )
+        names += [POSTERS_FILE, POSTER_OFFSETS]
     return names
 
 

@@ -76,6 +76,11 @@ class PosterSimilarityStub:
                 request_serializer=posters_dot_v1_dot_posters__pb2.GetIndexInfoRequest.SerializeToString,
                 response_deserializer=posters_dot_v1_dot_posters__pb2.IndexInfo.FromString,
                 _registered_method=True)
+        self.GetPosters = channel.unary_unary(
+                '/posters.v1.PosterSimilarity/GetPosters',
+                request_serializer=posters_dot_v1_dot_posters__pb2.GetPostersRequest.SerializeToString,
+                response_deserializer=posters_dot_v1_dot_posters__pb2.GetPostersResponse.FromString,
+                _registered_method=True)
 
 
 class PosterSimilarityServicer:
@@ -140,6 +145,14 @@ class PosterSimilarityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPosters(self, request, context):
+        """Poster thumbnails (JPEG) stored in the bundle at build time, by item id, so a
+        client on another host can show posters. At most GetIndexInfo.max_posters ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PosterSimilarityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +195,11 @@ def add_PosterSimilarityServicer_to_server(servicer, server):
                     servicer.GetIndexInfo,
                     request_deserializer=posters_dot_v1_dot_posters__pb2.GetIndexInfoRequest.FromString,
                     response_serializer=posters_dot_v1_dot_posters__pb2.IndexInfo.SerializeToString,
+            ),
+            'GetPosters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPosters,
+                    request_deserializer=posters_dot_v1_dot_posters__pb2.GetPostersRequest.FromString,
+                    response_serializer=posters_dot_v1_dot_posters__pb2.GetPostersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +419,33 @@ class PosterSimilarity:
             '/posters.v1.PosterSimilarity/GetIndexInfo',
             posters_dot_v1_dot_posters__pb2.GetIndexInfoRequest.SerializeToString,
             posters_dot_v1_dot_posters__pb2.IndexInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPosters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/posters.v1.PosterSimilarity/GetPosters',
+            posters_dot_v1_dot_posters__pb2.GetPostersRequest.SerializeToString,
+            posters_dot_v1_dot_posters__pb2.GetPostersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server._proto import posters_pb2 as pb
 from server._proto import posters_pb2_grpc as pb_grpc
 from server.client import convert
-from server.types import Item, Query, SearchOptions, SearchResult
+from server.types import Item, PostersResult, Query, SearchOptions, SearchResult
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -66,6 +66,7 @@ class PosterClient:
         self._stub = pb_grpc.PosterSimilarityStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
+        self._max_batch: int | None = None  # the server's BatchSearch limit, asked on the first batch()
 
     def _call(self, rpc: Any, request: Any) -> Any:
         return rpc(request, timeout=self.timeout, metadata=self._metadata or None)
@@ -96,6 +97,27 @@ class PosterClient:
         return convert.result_from_proto(self._call(self._stub.SearchByImage, req))
 
     def batch(self, queries: Sequence[Query]) -> list[SearchResult]:
+        """Results in query order. A list longer than the server's ``max_batch`` (asked once with
+        GetIndexInfo, then cached) goes as several BatchSearch calls of at most ``max_batch`` queries each;
+        then each call may be answered by a different bundle if the server reloads in between (see each
+        result's ``bundle_version``), and a position named in an error is within its call."""
+        queries = list(queries)
+        size = self.max_batch()
+        if size <= 0 or len(queries) <= size:
+            return self._batch_call(queries)
+        results: list[SearchResult] = []
+        for start in range(0, len(queries), size):
+            results.extend(self._batch_call(queries[start : start + size]))
+        return results
+
+    def max_batch(self) -> int:
+        """The server's BatchSearch limit (GetIndexInfo.max_batch; 0: none announced), asked once per client."""
+        if self._max_batch is None:
+            self._max_batch = int(self._call(self._stub.GetIndexInfo, pb.GetIndexInfoRequest()).max_batch)
+        return self._max_batch
+
+    def _batch_call(self, queries: Sequence[Query]) -> list[SearchResult]:
+        """One BatchSearch call."""
         req = pb.BatchSearchRequest(queries=[convert.query_to_proto(q) for q in queries])
         return [convert.result_from_proto(r) for r in self._call(self._stub.BatchSearch, req).results]
 
@@ -103,9 +125,16 @@ class PosterClient:
         resp = self._call(self._stub.FindItems, pb.FindItemsRequest(query=text, limit=limit))
         return [convert.item_from_proto(i) for i in resp.items]
 
-    def items(self, item_ids: Sequence[int]) -> list[Item]:
-        resp = self._call(self._stub.GetItems, pb.GetItemsRequest(item_ids=list(item_ids)))
+    def items(self, item_ids: Sequence[int], strict: bool = False) -> list[Item]:
+        """Items by id in request order; ids not in the bundle are left out (NOT_FOUND with ``strict``)."""
+        resp = self._call(self._stub.GetItems, pb.GetItemsRequest(item_ids=list(item_ids), strict=strict))
         return [convert.item_from_proto(i) for i in resp.items]
+
+    def posters(self, item_ids: Sequence[int]) -> PostersResult:
+        """Poster thumbnails (JPEG bytes) stored in the bundle, by id; ids without one in ``missing_ids``."""
+        return convert.posters_from_proto(
+            self._call(self._stub.GetPosters, pb.GetPostersRequest(item_ids=list(item_ids)))
+        )
 
     def info(self) -> dict[str, Any]:
         info = self._call(self._stub.GetIndexInfo, pb.GetIndexInfoRequest())

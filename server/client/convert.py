@@ -9,15 +9,51 @@ from __future__ import annotations
 from typing import Any
 
 from server._proto import posters_pb2 as pb
-from server.types import Hit, Item, ItemQuery, ItemsQuery, Query, SearchOptions, SearchResult, VectorQuery
+from server.types import (
+    Filter,
+    Hit,
+    Item,
+    ItemQuery,
+    ItemsQuery,
+    PosterImage,
+    PostersResult,
+    Query,
+    SearchOptions,
+    SearchResult,
+    VectorQuery,
+)
+
+
+def filter_to_proto(f: Filter) -> pb.Filter:
+    msg = pb.Filter(
+        genres_any=f.genres_any,
+        genres_all=f.genres_all,
+        genres_none=f.genres_none,
+        allow_ids=f.allow_ids,
+        deny_ids=f.deny_ids,
+    )
+    if f.year_min is not None:
+        msg.year_min = f.year_min
+    if f.year_max is not None:
+        msg.year_max = f.year_max
+    if f.min_ratings is not None:
+        msg.min_ratings = f.min_ratings
+    return msg
 
 
 def options_to_proto(o: SearchOptions) -> pb.SearchOptions:
     msg = pb.SearchOptions(
-        k=o.k, candidate_ids=o.candidate_ids, exclude_ids=o.exclude_ids, nprobe=o.nprobe, exact=o.exact
+        k=o.k,
+        candidate_ids=o.candidate_ids,
+        exclude_ids=o.exclude_ids,
+        nprobe=o.nprobe,
+        exact=o.exact,
+        strict=o.strict,
     )
     if o.min_score is not None:
         msg.min_score = o.min_score
+    if not o.filter.is_empty():
+        msg.filter.CopyFrom(filter_to_proto(o.filter))
     return msg
 
 
@@ -44,8 +80,14 @@ def query_to_proto(q: Query) -> pb.Query:
 
 
 def item_from_proto(m: Any) -> Item:
-    return Item(m.item_id, m.title, tuple(m.genres), m.poster, m.imdb_id, m.tmdb_id)
+    return Item(m.item_id, m.title, tuple(m.genres), m.poster, m.imdb_id, m.tmdb_id, m.year, m.rating_count)
 
 
 def result_from_proto(r: pb.SearchResponse) -> SearchResult:
-    return SearchResult([Hit(item_from_proto(n), n.score) for n in r.neighbors], r.bundle_version, r.exact)
+    return SearchResult(
+        [Hit(item_from_proto(n), n.score) for n in r.neighbors], r.bundle_version, r.exact, tuple(r.missing_ids)
+    )
+
+
+def posters_from_proto(r: pb.GetPostersResponse) -> PostersResult:
+    return PostersResult([PosterImage(p.item_id, p.jpeg, p.width, p.height) for p in r.posters], tuple(r.missing_ids))

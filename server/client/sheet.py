@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -17,10 +17,17 @@ def contact_sheet(
     hits: Sequence[Hit],
     posters_dir: Path | None,
     columns: int = DEFAULT_COLUMNS,
+    thumbnails: Mapping[int, bytes] | None = None,
 ) -> Image.Image:
-    """Render the query (framed, first) followed by its neighbours (drawing: indexer/contact_sheet.py)."""
+    """Render the query (framed, first) followed by its neighbours (drawing: indexer/contact_sheet.py).
+
+    Each neighbour's picture comes from ``thumbnails`` (item id -> JPEG, e.g. ``PosterClient.posters``: what a
+    client on another host has) or else from ``posters_dir`` (the catalog's folder); a grey tile otherwise.
+    """
     tiles = [Tile(query_image, query_title, "query", highlight=True)]
     for hit in hits:
-        path = posters_dir / hit.item.poster if posters_dir is not None and hit.item.poster else None
-        tiles.append(Tile(path, hit.item.title, f"{hit.score:.3f}  #{hit.item.item_id}"))
+        picture: bytes | Path | None = (thumbnails or {}).get(hit.item.item_id)
+        if picture is None and posters_dir is not None and hit.item.poster:
+            picture = posters_dir / hit.item.poster
+        tiles.append(Tile(picture, hit.item.title, f"{hit.score:.3f}  #{hit.item.item_id}"))
     return render_sheet(tiles, columns)
