@@ -8,9 +8,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from server import runtime
+from server import reflection, runtime
 from server.admission import Admission, AdmissionLimits
 from server.interceptors import ServiceInterceptor
 from server.metrics import Metrics
@@ -97,9 +96,7 @@ def create_server(
         on_bundle(manager.current)
     if metrics is not None:
         metrics.watch(manager, admission)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    reflection.enable(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     address = f"{config.host}:{config.port}"
     if config.tls is not None:
         port = server.add_secure_port(address, _credentials(config.tls))

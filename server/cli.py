@@ -117,9 +117,20 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"require 'authorization: Bearer <token>' with the token in this file (or set ${TOKEN_ENV})",
     )
-    p.add_argument("--metrics-port", type=int, help="expose Prometheus metrics on 127.0.0.1:PORT/metrics")
+    p.add_argument("--metrics-port", type=int, help="expose Prometheus metrics on METRICS_HOST:PORT/metrics")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for the metrics endpoint (0.0.0.0 inside a pod, so Prometheus can scrape it)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (method, status, latency, id)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log line format (json: one object per line, ISO-8601 UTC times; native library output such as "
+        "TensorFlow's start-up lines becomes records of the 'native' logger)",
+    )
     p.add_argument(
         "--grace",
         type=_positive(float),
@@ -139,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     from server import logs
 
-    logs.configure(logging.DEBUG if args.verbose else logging.INFO, json_lines=args.log_format == "json")
+    logs.configure(
+        logging.DEBUG if args.verbose else logging.INFO,
+        json_lines=args.log_format == "json",
+        capture_native=args.log_format == "json",  # native library lines become JSON records too
+    )
     log = logging.getLogger("posters-serve")
     try:
         return _serve(args, log)
@@ -197,7 +212,8 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
     except (OSError, RuntimeError) as exc:
         raise StartupError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     if args.metrics_port is not None:
-        log.info("metrics on http://127.0.0.1:%d/metrics", metrics.serve_http(args.metrics_port))
+        bound = metrics.serve_http(args.metrics_port, args.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, bound)
     if args.host not in LOOPBACK_HOSTS and not (tls or token):
         log.warning("listening on %s without TLS or a token: anyone who can reach this address can query", args.host)
     server.start()  # listen at once: health is NOT_SERVING until the bundle is loaded (off this thread)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -136,7 +137,10 @@ def test_serve_sighup_query_and_graceful_stop(
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
-    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    raw = (tmp_path / "server.log").read_text().splitlines()
+    # every line is one JSON object: TensorFlow's native start-up lines are records too, not noise
+    lines = [json.loads(line) for line in raw]
+    assert all(dt.datetime.fromisoformat(r["time"]).utcoffset() == dt.timedelta(0) for r in lines)
     access = [r for r in lines if r.get("method") == "SimilarToItem"]
     assert access and all(r.get("request_id") for r in access)
     assert any(r["code"] == "NOT_FOUND" for r in access)

@@ -319,3 +319,23 @@ def test_batch_results_match_single_queries_with_filters(catalog_root) -> None:
     for q, r in zip(queries, s.batch(queries)):
         assert isinstance(r, SearchResult)
         assert [h.item.item_id for h in r.hits] == [h.item.item_id for h in s.search(q).hits]
+
+
+@pytest.mark.parametrize("service", ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"])
+def test_reflection_v1_and_v1alpha_list_the_services(vectors_root, service: str) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2 as messages
+
+    root, _, _ = vectors_root
+    with serve(root) as served:
+        call = served.client.channel.stream_stream(
+            f"/{service}/ServerReflectionInfo",
+            request_serializer=messages.ServerReflectionRequest.SerializeToString,
+            response_deserializer=messages.ServerReflectionResponse.FromString,
+        )
+        responses = list(call(iter([messages.ServerReflectionRequest(list_services="")]), timeout=10))
+        names = {s.name for s in responses[0].list_services_response.service}
+        assert {"posters.v1.PosterSimilarity", "grpc.health.v1.Health", service} <= names
+        # the contract itself is served: a client can build requests from it
+        file_request = messages.ServerReflectionRequest(file_containing_symbol="posters.v1.PosterSimilarity")
+        answer = list(call(iter([file_request]), timeout=10))[0]
+        assert answer.file_descriptor_response.file_descriptor_proto
