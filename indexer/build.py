@@ -17,9 +17,10 @@ import pandas as pd
 
 import indexer
 from indexer import bundle as bundles
-from indexer.cache import EmbeddingCache
+from indexer.cache import EmbeddingCache, recall_model
 from indexer.catalog import Catalog, CatalogConfig, Problem, empty_items, load_catalog, load_movies
 from indexer.embedders import Embedder, EmbedderSpec
+from indexer.embedders.embedder import LazyEmbedder, spec_key
 from indexer.errors import BuildError
 from indexer.images import DEFAULT_MAX_PIXELS, DecodeConfig
 from indexer.index import IndexSpec, build_index, normalize
@@ -107,16 +108,27 @@ def _embed_catalog(
             f"{catalog.problems[0].reason if catalog.problems else 'an empty folder'}); "
             f"{config.index_root / bundles.CURRENT} unchanged"
         )
-    embedder = embedder or Embedder(config.embedder)
-    if embedder.spec != config.embedder:
-        raise BuildError(f"embedder spec mismatch: config {config.embedder}, embedder {embedder.spec}")
-    decode = DecodeConfig(size=embedder.input_size, resize=embedder.spec.resize, max_pixels=config.max_pixels)
+    cache_file = config.cache_path or config.index_root / CACHE_FILE
+    key = spec_key(config.embedder)
+    model: Embedder | LazyEmbedder
+    if embedder is not None:
+        model = embedder
+    else:
+        known = recall_model(cache_file, key) if config.use_cache else None
+        # the cache knows this embedder: the model is built only if a poster is not cached
+        model = LazyEmbedder(config.embedder, known) if known else Embedder(config.embedder)
+    embedder_spec = model.spec
+    if embedder_spec != config.embedder:
+        raise BuildError(f"embedder spec mismatch: config {config.embedder}, embedder {embedder_spec}")
+    decode = DecodeConfig(size=model.input_size, resize=embedder_spec.resize, max_pixels=config.max_pixels)
     paths = catalog.poster_paths()
     cache = None
     if config.use_cache:
-        cache = EmbeddingCache(config.cache_path or config.index_root / CACHE_FILE, embedder.fingerprint, embedder.dim)
+        cache = EmbeddingCache(cache_file, model.fingerprint, model.dim)
+        if isinstance(model, Embedder):
+            cache.remember_model(key, model.describe())
     try:
-        outcome = embed_files(paths, embedder.embed, decode, config.pipeline, cache, thumbs)
+        outcome = embed_files(paths, model.embed, decode, config.pipeline, cache, thumbs)
     finally:
         if cache is not None:
             cache.close()
@@ -125,7 +137,7 @@ def _embed_catalog(
     for pos, reason in sorted(outcome.failures.items()):
         problems.append(Problem(int(items["item_id"].iat[pos]), items["poster"].iat[pos], "decode", reason))
     ok = np.array(sorted(outcome.vectors), dtype=np.int64)
-    vectors = np.stack([outcome.vectors[p] for p in ok]) if len(ok) else np.zeros((0, embedder.dim), np.float32)
+    vectors = np.stack([outcome.vectors[p] for p in ok]) if len(ok) else np.zeros((0, model.dim), np.float32)
     rate = outcome.embedded / outcome.seconds if outcome.seconds else 0.0
     log.info(
         "embedded %d, from cache %d, failed %d in %.1fs (%.1f img/s)",
@@ -135,7 +147,7 @@ def _embed_catalog(
         outcome.seconds,
         rate,
     )
-    info = bundles.EmbedderInfo(**embedder.describe())
+    info = bundles.EmbedderInfo(**model.describe())
     keys = [outcome.hashes[int(p)] for p in ok]
     return _Embedded(
         items.iloc[ok].reset_index(drop=True), vectors, problems, info, outcome.from_cache, outcome.embedded, keys

@@ -7,7 +7,9 @@ be used from several threads (decoding workers look vectors up); a lock serializ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -25,7 +27,27 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (fingerprint, content_hash)
 ) WITHOUT ROWID
 """
+_MODELS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    spec_key TEXT PRIMARY KEY,
+    description TEXT NOT NULL
+) WITHOUT ROWID
+"""
 _LOOKUP_CHUNK = 500  # SQLite's host-parameter limit is 999 in old builds
+
+
+def recall_model(path: Path, spec_key: str) -> dict | None:
+    """The embedder description (fingerprint, dim, ...) a cache remembers for an embedder spec, if any: lets a
+    build whose posters are all cached skip building the model."""
+    if not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(str(path))) as db:
+            db.execute(_MODELS_SCHEMA)
+            row = db.execute("SELECT description FROM models WHERE spec_key = ?", (spec_key,)).fetchone()
+    except sqlite3.Error as exc:
+        raise BuildError(f"embedding cache {path} is unusable: {exc} (delete it, or build with --no-cache)") from exc
+    return json.loads(row[0]) if row else None
 
 
 def content_hash(data: bytes) -> str:
@@ -47,6 +69,7 @@ class EmbeddingCache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_MODELS_SCHEMA)
             self._db.commit()
         except sqlite3.Error as exc:
             self._db.close()
@@ -54,6 +77,17 @@ class EmbeddingCache:
 
     def _unusable(self, exc: sqlite3.Error) -> BuildError:
         return BuildError(f"embedding cache {self.path} is unusable: {exc} (delete it, or build with --no-cache)")
+
+    def remember_model(self, spec_key: str, description: dict) -> None:
+        """Record the description of the embedder ``spec_key`` names (see ``recall_model``)."""
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO models VALUES (?, ?)", (spec_key, json.dumps(description, sort_keys=True))
+                )
+                self._db.commit()
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from exc
 
     def get(self, content_hash: str) -> np.ndarray | None:
         """The vector stored for one content hash, or None."""

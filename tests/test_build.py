@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -398,3 +398,40 @@ def test_info_cli(demo_root: Path) -> None:
     assert "checks        OK" in out.stdout and f"items         {DEMO_COUNT}" in out.stdout
     manifest = json.loads(_cli("info", str(demo_root), "--json").stdout)
     assert manifest["item_count"] == DEMO_COUNT and manifest["format_version"] == bundles.FORMAT_VERSION
+
+
+def test_a_fully_cached_rebuild_never_builds_the_model(tmp_path: Path, demo_catalog: Path, monkeypatch) -> None:
+    from indexer.embedders import embedder as embedder_module
+
+    config = BuildConfig(index_root=tmp_path / "root", catalog=demo_catalog_config(demo_catalog), pipeline=QUIET)
+    first = build(config)  # builds the model, fills the cache, and the cache remembers the embedder
+    assert first.embedded == DEMO_COUNT
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built although every poster is cached")
+
+    monkeypatch.setattr(embedder_module.Embedder, "__init__", no_model)
+    second = build(config)
+    assert (second.embedded, second.from_cache) == (0, DEMO_COUNT)
+    a = bundles.load_bundle(first.path)
+    b = bundles.load_bundle(second.path)
+    assert a.manifest.embedder == b.manifest.embedder  # same fingerprint and description, from the cache
+    ids = a.items["item_id"].tolist()
+    np.testing.assert_array_equal(
+        np.vstack([a.index.reconstruct(i) for i in ids]), np.vstack([b.index.reconstruct(i) for i in ids])
+    )
+
+
+def test_an_empty_poster_folder_fails_before_loading_a_model(tmp_path: Path, demo_catalog: Path, monkeypatch) -> None:
+    from indexer.embedders import embedder as embedder_module
+
+    monkeypatch.setattr(embedder_module.Embedder, "__init__", lambda *a, **k: pytest.fail("model built"))
+    (tmp_path / "empty").mkdir()
+    catalog = CatalogConfig(
+        posters_dir=tmp_path / "empty",
+        movies_csv=demo_catalog / "movies.csv",
+        links_csv=demo_catalog / "links.csv",
+        pattern="{tmdbId}.jpg",
+    )
+    with pytest.raises(BuildError, match="no poster files found .* poster file not found"):
+        build(BuildConfig(index_root=tmp_path / "root", catalog=catalog, pipeline=QUIET))

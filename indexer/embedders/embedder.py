@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -69,6 +70,49 @@ def _seeded_init(model: Any, seed: int) -> None:
             )
             weights[0] = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), kernel.shape).astype(np.float32)
             layer.set_weights(weights)
+
+
+def spec_key(spec: EmbedderSpec) -> str:
+    """Identity of an embedder that is computable without building its model (no TensorFlow import): the
+    embedding cache remembers the embedder's full description under it."""
+    backbone = get_backbone(spec.model)
+    weights = spec.weights
+    if weights not in (WEIGHTS_IMAGENET, WEIGHTS_NONE):
+        weights = f"file:{file_sha256(Path(weights))}"
+    ident = {
+        **spec.to_dict(),
+        "weights": weights,
+        "input_size": backbone.input_size,
+        "preprocessing": backbone.preprocessing,
+        "keras": importlib.metadata.version("keras").split(".")[0],
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+class LazyEmbedder:
+    """An embedder whose description the cache already knows: the model is built only if something must
+    be embedded (a rebuild whose posters are all cached never loads TensorFlow)."""
+
+    def __init__(self, spec: EmbedderSpec, description: dict[str, Any]) -> None:
+        self.spec = spec
+        self._description = dict(description)
+        self.dim = int(description["dim"])
+        self.fingerprint = str(description["fingerprint"])
+        self.input_size = int(description["input_size"])
+        self.model: Embedder | None = None
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            self.model = Embedder(self.spec)
+            if self.model.fingerprint != self.fingerprint:
+                raise ModelError(
+                    f"embedder fingerprint expected {self.fingerprint[:12]} (embedding cache), got "
+                    f"{self.model.fingerprint[:12]}: the cache's record is stale; delete the cache or use --no-cache"
+                )
+        return self.model.embed(images)
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._description)
 
 
 class Embedder:

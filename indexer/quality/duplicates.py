@@ -17,8 +17,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from indexer.neighbours import NEAR_DUPLICATE_COSINE
 from indexer.contact_sheet import Tile, render_sheet
+from indexer.neighbours import NEAR_DUPLICATE_COSINE
 
 log = logging.getLogger(__name__)
 
