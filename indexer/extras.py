@@ -11,7 +11,7 @@ import sys
 
 EXIT_MISSING_EXTRA = 2
 INDEX_MODULES = ("faiss", "tensorflow", "keras", "pandas", "pydantic")
-SERVE_MODULES = INDEX_MODULES + ("grpc_reflection", "prometheus_client", "cryptography", "threadpoolctl")
+SERVE_MODULES = INDEX_MODULES + ("grpc_reflection", "prometheus_client", "cryptography", "threadpoolctl", "rapidfuzz")
 
 
 def require(prog: str, extra: str, modules: tuple[str, ...]) -> None:

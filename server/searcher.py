@@ -407,7 +407,8 @@ class Searcher:
         return [r for r in results if r is not None]
 
     def find_items(self, text: str, limit: int = 0, offset: int = 0) -> TitlePage:
-        """Title search (see server.titles), one page of ``limit`` items from ``offset``."""
+        """Title search (server.titles: articles, accents, punctuation, a year, typos), one page of ``limit``
+        items from ``offset``, best first."""
         if not text.strip():
             raise InvalidArgument("query expected a non-empty title fragment, got an empty string", "query")
         if len(text.strip()) > self.limits.max_query_chars:
@@ -419,11 +420,11 @@ class Searcher:
             raise InvalidArgument(f"limit expected 1..{self.limits.max_find_limit}, got {limit}", "limit")
         if offset < 0:
             raise InvalidArgument(f"page offset expected >= 0, got {offset}", "page_token")
-        rows = self.titles.find(text, offset + limit + 1)
-        page = rows[offset : offset + limit]
-        more = len(rows) > offset + limit
-        total = len(self.titles.find(text, self.item_count)) if more else offset + len(page)
-        return TitlePage([self.items.item(r) for r in page], total, offset + limit if more else None)
+        try:
+            matches = self.titles.search(text, offset, limit)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), "query") from exc
+        return TitlePage([self.items.item(r) for r in matches.rows], matches.total, matches.next_offset)
 
     def get_posters(self, item_ids: Sequence[int]) -> PostersResult:
         """Thumbnails by id, in request order; ids without one are listed as missing."""

@@ -30,6 +30,7 @@ BLOCKED = (
     "grpc_reflection",
     "imagehash",
     "skimage",
+    "rapidfuzz",
 )
 
 CLIENT_SCRIPT = textwrap.dedent("""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from indexer.bundle import Manifest
 from indexer.build import BuildConfig, build
 from indexer.index import IndexSpec
 from indexer.precomputed import PrecomputedConfig
-from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from server.guard import UNGUARDED, CallGuard
 from server.searcher import SearchLimits, Searcher
-from server.types import ItemQuery, ItemsQuery, SearchOptions, SearchResult, VectorQuery
+from server.types import (ImageQuery, IndexSummary, ItemQuery, ItemsQuery, SearchOptions, SearchResult,
+                          VectorQuery)
 from tests.conftest import QUIET, assert_exact_topk, clustered_vectors
 
 
@@ -70,6 +73,7 @@ def test_exclude_candidates_min_score(searcher) -> None:
     ranked = s.similar_to_item(q, SearchOptions(k=5, candidate_ids=candidates))
     sims = x[100:130] @ x[0]
     assert [h.item.item_id for h in ranked.hits] == ids[100:130][np.argsort(-sims)][:5].tolist()
+    assert ranked.exact and ranked.bundle_version == s.version
     assert q not in [h.item.item_id for h in ranked.hits]
     threshold = ranked.hits[2].score
     limited = s.similar_to_item(q, SearchOptions(k=5, candidate_ids=candidates, min_score=threshold))
@@ -151,6 +155,105 @@ def test_image_search_unavailable_for_precomputed_and_size_caps(vectors_root) ->
     small = Searcher(bundles.load_bundle(bundles.current_path(root)), SearchLimits(max_image_bytes=10))
     with pytest.raises(ResourceExhausted, match="at most 10 bytes, got 11"):
         small.search_image(b"x" * 11)
+
+
+def test_min_score_applies_on_every_path(searcher) -> None:
+    """min_score cuts the neighbour-table, index and candidate paths alike."""
+    s, ids, x = searcher
+    item = int(ids[0])
+    full = s.similar_to_item(item, SearchOptions(k=10))
+    threshold = full.hits[3].score
+    assert full.hits[4].score < threshold  # no tie at the cut
+    want = [h.item.item_id for h in full.hits[:4]]
+    table = s.similar_to_item(item, SearchOptions(k=10, min_score=threshold))
+    index = s.similar_to_item(item, SearchOptions(k=10, min_score=threshold, exclude_ids=(item,)))  # index path
+    vector = s.search_vector(x[0], SearchOptions(k=10, min_score=threshold))  # the item itself scores 1
+    assert [h.item.item_id for h in table.hits] == want
+    assert [h.item.item_id for h in index.hits] == want
+    assert [h.item.item_id for h in vector.hits] == [item, *want]
+
+
+def test_limits_are_inclusive(vectors_root) -> None:
+    """Exactly at each limit is accepted; one more is refused."""
+    root, ids, x = vectors_root
+    s = Searcher(bundles.load_bundle(bundles.current_path(root)),
+                 SearchLimits(max_k=25, max_batch=3, max_ids=4, max_image_bytes=10))
+    assert len(s.search_vector(x[0], SearchOptions(k=25)).hits) == 25
+    with pytest.raises(InvalidArgument, match="k expected 1..25 .* got 26"):
+        s.search_vector(x[0], SearchOptions(k=26))
+    four = tuple(int(i) for i in ids[1:5])
+    assert s.similar_to_item(int(ids[0]), SearchOptions(k=3, exclude_ids=four)).hits
+    with pytest.raises(InvalidArgument, match="at most 4 ids, got 5"):
+        s.similar_to_item(int(ids[0]), SearchOptions(k=3, exclude_ids=(*four, int(ids[5]))))
+    assert len(s.batch([VectorQuery(x[0])] * 3)) == 3
+    with pytest.raises(InvalidArgument, match="at most 3, got 4"):
+        s.batch([VectorQuery(x[0])] * 4)
+    with pytest.raises(FailedPrecondition):  # 10 bytes pass the size check; this bundle has no embedder
+        s.search_image(b"x" * 10)
+    with pytest.raises(ResourceExhausted, match="at most 10 bytes, got 11"):
+        s.search_image(b"x" * 11)
+    with pytest.raises(InvalidArgument, match="weight of item .* expected > 0, got 0.0"):
+        s.similar_to_items([(int(ids[0]), 0.0)])
+
+
+def test_item_id_zero_is_an_ordinary_id(tmp_path: Path) -> None:
+    """Id 0 is a catalog id like any other (only FAISS's -1 padding is dropped), on the index and table paths."""
+    x = clustered_vectors(60, 8, clusters=3, seed=12)
+    ids = np.arange(60, dtype=np.int64)
+    np.savez(tmp_path / "v.npz", ids=ids, vectors=x)
+    build(BuildConfig(index_root=tmp_path / "root", precomputed=PrecomputedConfig(tmp_path / "v.npz"),
+                      index=IndexSpec(kind="flat"), pipeline=QUIET, neighbours_k=5))
+    s = Searcher(bundles.load_bundle(bundles.current_path(tmp_path / "root")))
+    vector = [s.search_vector(v, SearchOptions(k=5)) for v in x]
+    assert_exact_topk(*result_arrays(vector), x, ids, x)
+    assert vector[0].hits[0].item.item_id == 0
+    table = [s.similar_to_item(int(i), SearchOptions(k=5)) for i in ids]
+    assert_exact_topk(*result_arrays(table), x, ids, x, exclude_self=True)
+    assert any(0 in [h.item.item_id for h in r.hits] for r in table)
+
+
+class _StoredVectorEmbedder:
+    """Stands in for the CNN: the "image" bytes name a row of ``x``, returned scaled (not normalized)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.guards: list[CallGuard] = []
+
+    def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
+        self.guards.append(guard)
+        return self.x[int(data)] * 3.0
+
+
+def test_image_search_embeds_then_searches_with_the_options(vectors_root) -> None:
+    root, ids, x = vectors_root
+    embedder = _StoredVectorEmbedder(x)
+    s = Searcher(bundles.load_bundle(bundles.current_path(root)), image_embedder=embedder)
+    assert s.info().image_search
+    guard = CallGuard()
+    options = SearchOptions(k=4, exclude_ids=(int(ids[7]),))
+    got = s.search_image(b"7", options, guard)
+    assert len(got.hits) == 4 and got.exact
+    assert_exact_topk(*result_arrays([got]), np.delete(x, 7, axis=0), np.delete(ids, 7), x[7:8])
+    assert embedder.guards == [guard]  # the caller's guard reaches the embedder
+    batch = s.batch([ImageQuery(b"7", options)], guard)
+    assert [h.item.item_id for h in batch[0].hits] == [h.item.item_id for h in got.hits]
+    stopping = CallGuard(stopping=threading.Event())
+    stopping.stopping.set()
+    with pytest.raises(Unavailable, match="shutting down"):
+        s.search_image(b"7", options, stopping)
+    assert len(embedder.guards) == 2  # a stopped call never reaches the embedder
+
+
+def test_info_describes_the_bundle(vectors_root) -> None:
+    root, ids, x = vectors_root
+    b = bundles.load_bundle(bundles.current_path(root))
+    before = time.time()
+    info = Searcher(b).info()
+    assert info == IndexSummary(bundle_version=b.version, model=b.manifest.model, dimension=x.shape[1],
+                                index_type="flat", item_count=len(ids), failure_count=b.manifest.failure_count,
+                                default_nprobe=0, neighbour_table_k=20, image_search=False,
+                                loaded_at=info.loaded_at)
+    assert b.version == bundles.read_current(root) and before <= info.loaded_at <= time.time()
 
 
 IVF_ITEMS, IVF_QUERIES, IVF_DIM, IVF_NLIST, IVF_K = 3000, 100, 32, 30, 10
@@ -336,6 +439,7 @@ def test_batch_matches_single_queries(searcher) -> None:
     for q, r in zip(queries, batch):
         single = s.search(q)
         assert [h.item.item_id for h in r.hits] == [h.item.item_id for h in single.hits]
+        assert len(r.hits) == q.options.k  # each query's own options reach the search
     good, bad = s.batch([VectorQuery(x[0]), VectorQuery([1.0, 2.0])])  # one bad query fails alone
     assert isinstance(good, SearchResult) and len(good.hits) == 10
     assert isinstance(bad, InvalidArgument) and str(bad).startswith("query 1: vector dimension")
@@ -347,10 +451,10 @@ def test_find_items_ranks_exact_then_prefix(tmp_path: Path, demo_root: Path) -> 
     s = Searcher(bundles.load_bundle(bundles.current_path(demo_root)))
     title = s.get_items([1]).items[0].title  # "Name (year)"
     name = title.rsplit(" (", 1)[0]
-    found = s.find_items(name.upper())
+    found = s.find_items(name.upper()).items
     assert found[0].item_id == 1
     assert all(name.lower() in i.title.lower() for i in found)
-    assert s.find_items(name, limit=1) == found[:1]
+    assert s.find_items(name, limit=1).items == found[:1]
     with pytest.raises(InvalidArgument, match="non-empty"):
         s.find_items("   ")
-    assert s.find_items("zzzz-no-such-title") == []
+    assert s.find_items("zzzz-no-such-title").items == []

@@ -339,3 +339,47 @@ def test_reflection_v1_and_v1alpha_list_the_services(vectors_root, service: str)
         file_request = messages.ServerReflectionRequest(file_containing_symbol="posters.v1.PosterSimilarity")
         answer = list(call(iter([file_request]), timeout=10))[0]
         assert answer.file_descriptor_response.file_descriptor_proto
+
+
+def test_title_search_pages_over_grpc(tmp_path: Path) -> None:
+    titles = [
+        "Godfather, The (1972)",
+        "Godfather: Part II, The (1974)",
+        "Amélie (2001)",
+        "Hamlet (1948)",
+        "Hamlet (1990)",
+        "Hamlet (1996)",
+    ] + [f"Hamlet Goes Business {n} (19{50 + n})" for n in range(6)]
+    ids = np.arange(len(titles), dtype=np.int64) + 1
+    pd.DataFrame({"movieId": ids, "title": titles, "genres": "Drama"}).to_csv(tmp_path / "movies.csv", index=False)
+    np.savez(tmp_path / "v.npz", ids=ids, vectors=clustered_vectors(len(ids), 8, clusters=3, seed=1))
+    root = tmp_path / "root"
+    config = BuildConfig(
+        index_root=root,
+        precomputed=PrecomputedConfig(tmp_path / "v.npz"),
+        pipeline=QUIET,
+        catalog=CatalogConfig(posters_dir=tmp_path, movies_csv=tmp_path / "movies.csv"),
+    )
+    build(config)
+    with serve(root) as served:
+        stub = pb_grpc.PosterSimilarityStub(served.client.channel)
+        first = stub.FindItems(pb.FindItemsRequest(query="the godfather"))
+        assert [i.item_id for i in first.items][:2] == [1, 2] and first.total == 2 and not first.next_page_token
+        assert stub.FindItems(pb.FindItemsRequest(query="amelie")).items[0].item_id == 3
+        assert [i.item_id for i in stub.FindItems(pb.FindItemsRequest(query="hamlet 1990")).items] == [5]
+        seen, token, pages = [], "", 0
+        while True:
+            page = stub.FindItems(pb.FindItemsRequest(query="hamlet", page_size=4, page_token=token))
+            seen += [i.item_id for i in page.items]
+            pages += 1
+            assert page.total == 9
+            token = page.next_page_token
+            if not token:
+                break
+        assert pages == 3 and len(seen) == 9 == len(set(seen)) and seen[:3] == [4, 5, 6]
+        stale = stub.FindItems(pb.FindItemsRequest(query="hamlet", page_size=4)).next_page_token
+        build(config)  # a new bundle: tokens of the old one are refused, not silently misapplied
+        assert served.manager.reload()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.FindItems(pb.FindItemsRequest(query="hamlet", page_size=4, page_token=stale))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "the index was reloaded" in err.value.details()

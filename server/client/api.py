@@ -3,19 +3,104 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
+from google.protobuf import any_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server._proto import posters_pb2 as pb
 from server._proto import posters_pb2_grpc as pb_grpc
 from server.client import convert
-from server.types import Item, PostersResult, Query, SearchOptions, SearchResult
+from server.types import Item, ItemsResult, PostersResult, Query, SearchOptions, SearchResult
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+IMAGE_QUERY_MODES: dict[str, int] = {  # SearchByImageRequest.mode by name
+    "auto": pb.IMAGE_QUERY_MODE_AUTO,
+    "whole": pb.IMAGE_QUERY_MODE_WHOLE,
+    "locate": pb.IMAGE_QUERY_MODE_LOCATE,
+}
+_STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class Box(NamedTuple):
+    """A region of an uploaded image in pixels (after EXIF orientation): x0 <= x < x1, y0 <= y < y1."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+@dataclass(frozen=True)
+class LocatedResult:
+    """A search answer and, per hit, the region of the uploaded image that matched it (``Neighbor.query_box``,
+    filled by SearchByImage in LOCATE/AUTO mode); None for whole-image matches and non-image queries."""
+
+    result: SearchResult
+    boxes: tuple[Box | None, ...]
+
+
+@dataclass(frozen=True)
+class QueryStatus:
+    """One BatchSearch query's status: OK, or the error that query alone got, with its google.rpc details."""
+
+    code: grpc.StatusCode
+    message: str
+    details: tuple[any_pb2.Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """One BatchSearch call: results (empty for a failed query) and statuses in request order."""
+
+    results: list[LocatedResult]
+    statuses: tuple[QueryStatus, ...]
+    bundle_version: str
+
+
+@dataclass(frozen=True)
+class FindPage:
+    """One page of FindItems."""
+
+    items: list[Item]
+    total: int  # matches in all pages
+    next_page_token: str  # "" on the last page
+    bundle_version: str
+
+
+def _image_mode(mode: str) -> int:
+    if mode not in IMAGE_QUERY_MODES:
+        raise ValueError(f"image query mode expected one of {sorted(IMAGE_QUERY_MODES)}, got {mode!r}")
+    return IMAGE_QUERY_MODES[mode]
+
+
+def _located(response: pb.SearchResponse) -> LocatedResult:
+    boxes = tuple(
+        Box(n.query_box.x0, n.query_box.y0, n.query_box.x1, n.query_box.y1) if n.HasField("query_box") else None
+        for n in response.neighbors
+    )
+    return LocatedResult(convert.result_from_proto(response), boxes)
+
+
+class BatchQueryError(grpc.RpcError):
+    """A query of ``PosterClient.batch`` that failed alone (the call succeeded): ``code()`` and ``details()``
+    like any gRPC error, and the failing ``position`` (use ``batch_outcome`` for every query's status)."""
+
+    def __init__(self, position: int, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.position = position
+        self._code = code
+        self._message = message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
 
 
 class _BearerToken(grpc.AuthMetadataPlugin):
@@ -117,9 +202,14 @@ class PosterClient:
         return self._max_batch
 
     def _batch_call(self, queries: Sequence[Query]) -> list[SearchResult]:
-        """One BatchSearch call."""
+        """One BatchSearch call; the first query that failed alone is raised as a BatchQueryError."""
         req = pb.BatchSearchRequest(queries=[convert.query_to_proto(q) for q in queries])
-        return [convert.result_from_proto(r) for r in self._call(self._stub.BatchSearch, req).results]
+        resp = self._call(self._stub.BatchSearch, req)
+        for position, status in enumerate(resp.statuses):
+            if status.code != grpc.StatusCode.OK.value[0]:
+                code = _STATUS_BY_VALUE.get(status.code, grpc.StatusCode.UNKNOWN)
+                raise BatchQueryError(position, code, status.message)
+        return [convert.result_from_proto(r) for r in resp.results]
 
     def find(self, text: str, limit: int = 0) -> list[Item]:
         resp = self._call(self._stub.FindItems, pb.FindItemsRequest(query=text, limit=limit))
@@ -135,6 +225,39 @@ class PosterClient:
         return convert.posters_from_proto(
             self._call(self._stub.GetPosters, pb.GetPostersRequest(item_ids=list(item_ids)))
         )
+
+    def image_located(self, data: bytes, options: SearchOptions = SearchOptions(), mode: str = "auto") -> LocatedResult:
+        """SearchByImage with a query mode (``auto``, ``whole``, ``locate``), keeping each hit's matched region."""
+        req = pb.SearchByImageRequest(image=data, options=convert.options_to_proto(options), mode=_image_mode(mode))
+        return _located(self._call(self._stub.SearchByImage, req))
+
+    def batch_outcome(self, queries: Sequence[Query], image_modes: Mapping[int, str] | None = None) -> BatchOutcome:
+        """One BatchSearch call (not split: more than the server's ``max_batch`` is INVALID_ARGUMENT) with
+        per-query statuses; ``image_modes`` maps positions of image queries to a query mode."""
+        protos = [convert.query_to_proto(q) for q in queries]
+        for position, mode in (image_modes or {}).items():
+            if not protos[position].HasField("image"):
+                raise ValueError(f"image_modes expected positions of image queries, got {position}")
+            protos[position].image.mode = _image_mode(mode)
+        resp = self._call(self._stub.BatchSearch, pb.BatchSearchRequest(queries=protos))
+        statuses = tuple(
+            QueryStatus(_STATUS_BY_VALUE.get(s.code, grpc.StatusCode.UNKNOWN), s.message, tuple(s.details))
+            for s in resp.statuses
+        )
+        return BatchOutcome([_located(r) for r in resp.results], statuses, resp.bundle_version)
+
+    def find_page(self, text: str, page_size: int = 0, page_token: str = "", limit: int = 0) -> FindPage:
+        """One page of FindItems with the total and the next page's token."""
+        req = pb.FindItemsRequest(query=text, limit=limit, page_size=page_size, page_token=page_token)
+        resp = self._call(self._stub.FindItems, req)
+        return FindPage(
+            [convert.item_from_proto(i) for i in resp.items], resp.total, resp.next_page_token, resp.bundle_version
+        )
+
+    def get_items(self, item_ids: Sequence[int], strict: bool = False) -> ItemsResult:
+        """GetItems with the ids that are not in the bundle (``missing_ids``; NOT_FOUND with ``strict``)."""
+        resp = self._call(self._stub.GetItems, pb.GetItemsRequest(item_ids=list(item_ids), strict=strict))
+        return ItemsResult([convert.item_from_proto(i) for i in resp.items], tuple(resp.missing_ids))
 
     def info(self) -> dict[str, Any]:
         info = self._call(self._stub.GetIndexInfo, pb.GetIndexInfoRequest())
