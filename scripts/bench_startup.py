@@ -21,10 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-
-from bench_common import ROOT, machine, write_results  # noqa: E402
+import psutil
+from bench_common import ROOT, machine, write_results
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 IMAGE_HEALTH = "posters.v1.PosterSimilarity.SearchByImage"
 POLL_SECONDS = 0.01  # how finely the milestones are timed
@@ -45,9 +44,7 @@ def one_start(index: Path, image_search: bool, workdir: Path) -> dict[str, float
     port_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "server.cli", "--index", str(index), "--port", "0", "--port-file", str(port_file)]
     started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd + ([] if image_search else ["--no-image-search"]), cwd=ROOT, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(cmd + ([] if image_search else ["--no-image-search"]), cwd=ROOT, stderr=subprocess.DEVNULL)
     ps = psutil.Process(proc.pid)
     out: dict[str, float] = {}
     try:
@@ -93,9 +90,18 @@ def main() -> int:
             write_demo_catalog(work / "catalog", count=120)
             cat = work / "catalog"
             index = work / "index"
-            build(BuildConfig(index_root=index, pipeline=PipelineConfig(progress=False), catalog=CatalogConfig(
-                posters_dir=cat / "posters", movies_csv=cat / "movies.csv", links_csv=cat / "links.csv",
-                pattern="{tmdbId}.jpg")))
+            build(
+                BuildConfig(
+                    index_root=index,
+                    pipeline=PipelineConfig(progress=False),
+                    catalog=CatalogConfig(
+                        posters_dir=cat / "posters",
+                        movies_csv=cat / "movies.csv",
+                        links_csv=cat / "links.csv",
+                        pattern="{tmdbId}.jpg",
+                    ),
+                )
+            )
         rows = []
         for image_search in (False, True):
             runs = [one_start(index, image_search, work) for _ in range(args.trials)]

@@ -1,10 +1,11 @@
 """Shared fixtures: seeded data, real photos, a demo catalog, built bundles, in-process servers."""
+
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -71,8 +72,12 @@ def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def demo_catalog_config(catalog: Path) -> CatalogConfig:
-    return CatalogConfig(posters_dir=catalog / "posters", movies_csv=catalog / "movies.csv",
-                         links_csv=catalog / "links.csv", pattern="{tmdbId}.jpg")
+    return CatalogConfig(
+        posters_dir=catalog / "posters",
+        movies_csv=catalog / "movies.csv",
+        links_csv=catalog / "links.csv",
+        pattern="{tmdbId}.jpg",
+    )
 
 
 QUIET = PipelineConfig(batch_size=16, progress=False)
@@ -82,8 +87,10 @@ QUIET = PipelineConfig(batch_size=16, progress=False)
 def demo_root(tmp_path_factory: pytest.TempPathFactory, demo_catalog: Path, lite_embedder: Embedder) -> Path:
     """An index root with one published flat bundle of the demo catalog (real model)."""
     root = tmp_path_factory.mktemp("index")
-    build(BuildConfig(index_root=root, catalog=demo_catalog_config(demo_catalog), pipeline=QUIET, neighbours_k=20),
-          embedder=lite_embedder)
+    build(
+        BuildConfig(index_root=root, catalog=demo_catalog_config(demo_catalog), pipeline=QUIET, neighbours_k=20),
+        embedder=lite_embedder,
+    )
     return root
 
 
@@ -98,13 +105,27 @@ def vectors_root(tmp_path: Path) -> Iterator[tuple[Path, np.ndarray, np.ndarray]
     np.save(tmp_path / "v.npy", x)
     np.save(tmp_path / "ids.npy", ids)
     root = tmp_path / "root"
-    build(BuildConfig(index_root=root, precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"),
-                      index=IndexSpec(kind="flat"), pipeline=QUIET, neighbours_k=20))
+    build(
+        BuildConfig(
+            index_root=root,
+            precomputed=PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"),
+            index=IndexSpec(kind="flat"),
+            pipeline=QUIET,
+            neighbours_k=20,
+        )
+    )
     yield root, ids, x
 
 
-def assert_exact_topk(found_ids: np.ndarray, found_scores: np.ndarray, x: np.ndarray, ids: np.ndarray,
-                      q: np.ndarray, exclude_self: bool = False, atol: float = 1e-5) -> None:
+def assert_exact_topk(
+    found_ids: np.ndarray,
+    found_scores: np.ndarray,
+    x: np.ndarray,
+    ids: np.ndarray,
+    q: np.ndarray,
+    exclude_self: bool = False,
+    atol: float = 1e-5,
+) -> None:
     """Compare a top-k answer with brute force (NumPy, float64): the same scores rank by rank and the same ids,
     except where the oracle's scores tie.
 
@@ -136,8 +157,10 @@ def assert_exact_topk(found_ids: np.ndarray, found_scores: np.ndarray, x: np.nda
         for rank, (item, score) in enumerate(zip(row, true)):
             want = int(ids[order[n, rank]])
             if item != want and not abs(score - best[n, rank]) <= atol:
-                problems.append(f"query {n} rank {rank}: expected id {want} (score {best[n, rank]:.6f}), got {item} "
-                                f"(score {score:.6f}): not a tie")
+                problems.append(
+                    f"query {n} rank {rank}: expected id {want} (score {best[n, rank]:.6f}), got {item} "
+                    f"(score {score:.6f}): not a tie"
+                )
         missing = set(ids[sims[n] > best[n, -1] + atol].tolist()) - set(row)
         if missing:
             problems.append(f"query {n}: ids {sorted(missing)} score above the k-th but are missing")

@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image
@@ -189,6 +189,6 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "server stopped cleanly (exit code 0)" in out.stdout
     sheets = sorted(p.name for p in (tmp_path / "demo" / "sheets").glob("*.png"))
     assert "like.png" in sheets and "image.png" in sheets and len(sheets) >= 4
-    line = next(l for l in out.stdout.splitlines() if l.startswith("== sequels"))
+    line = next(row for row in out.stdout.splitlines() if row.startswith("== sequels"))
     hits, total = map(int, line.split("for ")[1].split(" movies")[0].split(" of "))
     assert total > 0 and hits / total >= 0.8, line

@@ -1,4 +1,5 @@
 """Concurrent single-query searches are batched into one FAISS call with exact results."""
+
 from __future__ import annotations
 
 import threading

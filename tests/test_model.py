@@ -1,4 +1,5 @@
 """EfficientNet-Lite0: the .pth reader, the weight mapping (real ImageNet classes) and embeddings."""
+
 from __future__ import annotations
 
 import pickle
@@ -36,6 +37,7 @@ def test_refuses_pickled_code(tmp_path) -> None:
     class Evil:
         def __reduce__(self):
             import os
+
             return (os.system, ("echo pwned",))
 
     path = tmp_path / "evil.pth"
@@ -100,13 +102,20 @@ def _edited(state: dict[str, np.ndarray], remove: tuple[str, ...], replace: dict
 STEM_5X5 = np.zeros((32, 3, 5, 5), np.float32)  # the real stem is 3x3
 
 
-@pytest.mark.parametrize("remove,replace,match", [
-    ((), {"_conv_stem.weight": STEM_5X5},
-     r"_conv_stem shapes expected \[\(3, 3, 3, 32\)\], got \[\(5, 5, 3, 32\)\]"),
-    (("_bn0.running_var",), {}, r"weight '_bn0.running_var' expected but missing"),
-    ((), {"_conv_stem.bias": np.zeros(32, np.float32)}, r"not mapped onto the model: \['_conv_stem.bias'\]"),
-    ((), {"_head_extra.weight": np.zeros((4, 4, 1, 1), np.float32)}, r"no layer for weights '_head_extra'"),
-], ids=["wrong-shape", "missing-tensor", "leftover-tensor", "unknown-layer"])
+@pytest.mark.parametrize(
+    "remove,replace,match",
+    [
+        (
+            (),
+            {"_conv_stem.weight": STEM_5X5},
+            r"_conv_stem shapes expected \[\(3, 3, 3, 32\)\], got \[\(5, 5, 3, 32\)\]",
+        ),
+        (("_bn0.running_var",), {}, r"weight '_bn0.running_var' expected but missing"),
+        ((), {"_conv_stem.bias": np.zeros(32, np.float32)}, r"not mapped onto the model: \['_conv_stem.bias'\]"),
+        ((), {"_head_extra.weight": np.zeros((4, 4, 1, 1), np.float32)}, r"no layer for weights '_head_extra'"),
+    ],
+    ids=["wrong-shape", "missing-tensor", "leftover-tensor", "unknown-layer"],
+)
 def test_mismatched_weights_are_refused(feature_model, state, monkeypatch, remove, replace, match: str) -> None:
     """The real file maps onto the model; the same file with one tensor of the wrong shape, missing, extra or
     for a layer the model lacks is refused with a ModelError naming the file and the tensor."""

@@ -31,7 +31,9 @@ def test_node_client_against_a_real_server(demo_root: Path, demo_catalog: Path) 
         poster = demo_catalog / "posters" / served.client.items([7])[0].poster
         out = subprocess.run(
             ["node", str(NODE_DIR / "check.mjs"), served.target, str(poster), str(item), genre],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout)

@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 from indexer import bundle as bundles
-from indexer.bundle import Manifest
 from indexer.build import BuildConfig, build
+from indexer.bundle import Manifest
 from indexer.index import IndexSpec
 from indexer.precomputed import PrecomputedConfig
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from server.guard import UNGUARDED, CallGuard
-from server.searcher import SearchLimits, Searcher
-from server.types import (ImageQuery, IndexSummary, ItemQuery, ItemsQuery, SearchOptions, SearchResult,
-                          VectorQuery)
+from server.searcher import Searcher, SearchLimits
+from server.types import ImageQuery, IndexSummary, ItemQuery, ItemsQuery, SearchOptions, SearchResult, VectorQuery
 from tests.conftest import QUIET, assert_exact_topk, clustered_vectors
 
 
@@ -176,8 +175,10 @@ def test_min_score_applies_on_every_path(searcher) -> None:
 def test_limits_are_inclusive(vectors_root) -> None:
     """Exactly at each limit is accepted; one more is refused."""
     root, ids, x = vectors_root
-    s = Searcher(bundles.load_bundle(bundles.current_path(root)),
-                 SearchLimits(max_k=25, max_batch=3, max_ids=4, max_image_bytes=10))
+    s = Searcher(
+        bundles.load_bundle(bundles.current_path(root)),
+        SearchLimits(max_k=25, max_batch=3, max_ids=4, max_image_bytes=10),
+    )
     assert len(s.search_vector(x[0], SearchOptions(k=25)).hits) == 25
     with pytest.raises(InvalidArgument, match="k expected 1..25 .* got 26"):
         s.search_vector(x[0], SearchOptions(k=26))
@@ -201,8 +202,15 @@ def test_item_id_zero_is_an_ordinary_id(tmp_path: Path) -> None:
     x = clustered_vectors(60, 8, clusters=3, seed=12)
     ids = np.arange(60, dtype=np.int64)
     np.savez(tmp_path / "v.npz", ids=ids, vectors=x)
-    build(BuildConfig(index_root=tmp_path / "root", precomputed=PrecomputedConfig(tmp_path / "v.npz"),
-                      index=IndexSpec(kind="flat"), pipeline=QUIET, neighbours_k=5))
+    build(
+        BuildConfig(
+            index_root=tmp_path / "root",
+            precomputed=PrecomputedConfig(tmp_path / "v.npz"),
+            index=IndexSpec(kind="flat"),
+            pipeline=QUIET,
+            neighbours_k=5,
+        )
+    )
     s = Searcher(bundles.load_bundle(bundles.current_path(tmp_path / "root")))
     vector = [s.search_vector(v, SearchOptions(k=5)) for v in x]
     assert_exact_topk(*result_arrays(vector), x, ids, x)
@@ -249,10 +257,18 @@ def test_info_describes_the_bundle(vectors_root) -> None:
     b = bundles.load_bundle(bundles.current_path(root))
     before = time.time()
     info = Searcher(b).info()
-    assert info == IndexSummary(bundle_version=b.version, model=b.manifest.model, dimension=x.shape[1],
-                                index_type="flat", item_count=len(ids), failure_count=b.manifest.failure_count,
-                                default_nprobe=0, neighbour_table_k=20, image_search=False,
-                                loaded_at=info.loaded_at)
+    assert info == IndexSummary(
+        bundle_version=b.version,
+        model=b.manifest.model,
+        dimension=x.shape[1],
+        index_type="flat",
+        item_count=len(ids),
+        failure_count=b.manifest.failure_count,
+        default_nprobe=0,
+        neighbour_table_k=20,
+        image_search=False,
+        loaded_at=info.loaded_at,
+    )
     assert b.version == bundles.read_current(root) and before <= info.loaded_at <= time.time()
 
 
