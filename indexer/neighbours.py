@@ -51,8 +51,9 @@ def neighbour_table(
     return out_ids, out_scores
 
 
-def near_duplicate_pairs(ids: np.ndarray, neighbour_ids: np.ndarray, neighbour_scores: np.ndarray,
-                         threshold: float = NEAR_DUPLICATE_COSINE) -> int:
+def near_duplicate_pairs(
+    ids: np.ndarray, neighbour_ids: np.ndarray, neighbour_scores: np.ndarray, threshold: float = NEAR_DUPLICATE_COSINE
+) -> int:
     """Unordered item pairs with cosine above ``threshold`` found in a neighbour table (each pair once).
 
     A lower bound when an item has more such neighbours than the table holds.
