@@ -4,18 +4,39 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from server._proto import posters_pb2 as pb
 from server.admission import Admission, AdmissionLimits, EmbeddingGate
 from server.app import ServerConfig, create_server
 from server.client import PosterClient
 from server.metrics import Metrics
 from server.reloader import BundleManager
 from server.searcher import SearchLimits
+
+# every RPC of the contract, read from it (a new RPC is covered by the malformed-bytes and fuzz tests at once)
+METHODS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["PosterSimilarity"].methods)
+
+
+def serve_command(root: Path, port_file: Path, *extra: str) -> list[str]:
+    """The posters-serve command line of the subprocess tests: any free loopback port, written to ``port_file``."""
+    return [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "--index",
+        str(root),
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        *extra,
+    ]
 
 
 @dataclass

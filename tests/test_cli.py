@@ -20,6 +20,7 @@ from indexer import bundle as bundles
 from server.app import IMAGE_SEARCH_HEALTH
 from server.client import PosterClient
 from tests.conftest import DEMO_COUNT
+from tests.grpc_helpers import serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 120.0
@@ -43,22 +44,7 @@ def server_process(tmp_path: Path, demo_root: Path) -> Iterator[tuple[subprocess
     port_file = tmp_path / "port"
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "--index",
-            str(root),
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--poll",
-            "3600",
-            "--access-log",
-            "--log-format",
-            "json",
-        ],
+        serve_command(root, port_file, "--poll", "3600", "--access-log", "--log-format", "json"),
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

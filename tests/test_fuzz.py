@@ -11,19 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server._proto import posters_pb2 as pb
-from tests.grpc_helpers import Served, raw_call, serve
+from tests.grpc_helpers import METHODS, Served, raw_call, serve
 
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-METHODS = (
-    "SimilarToItem",
-    "SimilarToItems",
-    "SearchByVector",
-    "SearchByImage",
-    "BatchSearch",
-    "FindItems",
-    "GetItems",
-    "GetIndexInfo",
-)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -37,7 +37,7 @@ from server.reloader import BundleManager
 from server.searcher import Searcher
 from server.types import SearchOptions
 from tests.conftest import QUIET, clustered_vectors
-from tests.grpc_helpers import self_signed_pki, serve
+from tests.grpc_helpers import self_signed_pki, serve, serve_command
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 WAIT_STEP = 0.01
@@ -145,18 +145,7 @@ def test_server_starts_not_serving_on_a_bad_current_then_serves_after_sighup(tmp
     (root / "CURRENT").write_bytes(b"\xff\xfe")
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "--index",
-            str(root),
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--no-image-search",
-        ],
+        serve_command(root, port_file, "--no-image-search"),
         cwd=ROOT_DIR,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -406,19 +395,7 @@ def test_bad_or_expired_tls_files_are_named(tmp_path: Path) -> None:
 def test_grace_bounds_shutdown_while_work_runs(demo_root: Path, tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "--index",
-            str(demo_root),
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--grace",
-            "1",
-        ],
+        serve_command(demo_root, port_file, "--grace", "1"),
         cwd=ROOT_DIR,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -19,20 +19,9 @@ from server._proto import posters_pb2_grpc as pb_grpc
 from server.searcher import SearchLimits
 from server.types import ItemQuery, SearchOptions, VectorQuery
 from tests.conftest import DEMO_COUNT, QUIET, clustered_vectors, jpeg_bytes
-from tests.grpc_helpers import Served, raw_call, self_signed_pki, serve
+from tests.grpc_helpers import METHODS, Served, raw_call, self_signed_pki, serve
 from tests.hostile import pixel_bomb_png
 from tests.test_searcher import IVF_K, build_ivf_case, dense_matrix_predict_by_id, faiss_answer, result_arrays
-
-METHODS = (
-    "SimilarToItem",
-    "SimilarToItems",
-    "SearchByVector",
-    "SearchByImage",
-    "BatchSearch",
-    "FindItems",
-    "GetItems",
-    "GetIndexInfo",
-)
 
 
 @pytest.fixture(scope="module")
