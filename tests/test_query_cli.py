@@ -267,3 +267,41 @@ def test_batch_splits_lists_longer_than_max_batch(served: Served, catalog) -> No
         ]
         client.batch(queries[:MAX_BATCH])
         assert calls == {"BatchSearch": 4, "GetIndexInfo": 1}  # at the limit: one call, the limit cached
+
+
+def test_sheet_without_a_poster_folder_uses_the_servers_thumbnails(demo_root: Path, tmp_path: Path) -> None:
+    """`--sheet` from another host: no --posters, the pictures come from GetPosters, not grey placeholders."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.grpc_helpers import serve
+
+    with serve(demo_root) as served:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "server.client.cli",
+                "similar",
+                "1",
+                "-k",
+                "4",
+                "--target",
+                served.target,
+                "--sheet",
+                str(tmp_path / "api.png"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT_DIR,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+    from server.client.sheet import contact_sheet
+    from server.types import Hit, Item
+
+    grey = contact_sheet("q", None, [Hit(Item(i, "t", (), ""), 0.5) for i in range(4)], None)
+    with Image.open(tmp_path / "api.png") as sheet:
+        assert sheet.size == grey.size
+        # real posters in every tile, the query's included: far more detail than placeholder tiles
+        assert np.asarray(sheet.convert("L")).std() > np.asarray(grey.convert("L")).std() + 10

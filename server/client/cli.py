@@ -161,7 +161,12 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--sheet", type=Path, metavar="PNG", help="also write a contact sheet PNG here")
-    out.add_argument("--posters", type=Path, metavar="DIR", help="poster folder, for the contact sheet")
+    out.add_argument(
+        "--posters",
+        type=Path,
+        metavar="DIR",
+        help="a local poster folder for the contact sheet (default: the thumbnails stored in the bundle, over the API)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -347,8 +352,10 @@ def _search(client: Any, args: argparse.Namespace) -> int:
         exact=args.exact,
     )
     query_image: bytes | Path | None = None
+    query_id: int | None = None  # the item whose poster heads the sheet
     if args.command == "similar":
         item_id = _item_id(args.item_id)
+        query_id = item_id
         result = client.similar(item_id, options)
         item = _items_by_id(client, [item_id]).get(item_id)
         query_text = f"similar to {_label(item_id, item)}"
@@ -364,6 +371,7 @@ def _search(client: Any, args: argparse.Namespace) -> int:
         if negative:
             query_text += "; not " + ", ".join(_label(i, known.get(i), w) for i, w in negative)
         first = known.get(positive[0][0])
+        query_id = positive[0][0]
         sheet_title = (
             f"like {first.title if first else positive[0][0]}"
             + (f" +{len(positive) - 1}" if len(positive) > 1 else "")
@@ -388,12 +396,34 @@ def _search(client: Any, args: argparse.Namespace) -> int:
     else:
         _print_table(query_text, result)
     if args.sheet:
+        thumbnails: dict[int, bytes] = {}
+        if args.posters is None:  # no local poster folder: the bundle's thumbnails, over the API
+            wanted = [h.item.item_id for h in result.hits] + ([query_id] if query_id is not None else [])
+            thumbnails = _thumbnails(client, wanted)
+            if query_image is None and query_id is not None:
+                query_image = thumbnails.get(query_id)
         try:
-            contact_sheet(sheet_title, query_image, result.hits, args.posters).save(args.sheet)
+            contact_sheet(sheet_title, query_image, result.hits, args.posters, thumbnails=thumbnails).save(args.sheet)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot write the contact sheet {args.sheet}: {exc}") from None
         print(f"contact sheet: {args.sheet}", file=sys.stderr)
     return EXIT_OK
+
+
+def _thumbnails(client: Any, item_ids: list[int]) -> dict[int, bytes]:
+    """Poster thumbnails from the server (GetPosters, in chunks of its limit); {} for a bundle without them."""
+    import grpc
+
+    chunk = int(client.info().get("max_posters") or len(item_ids) or 1)
+    out: dict[int, bytes] = {}
+    try:
+        for start in range(0, len(item_ids), chunk):
+            out.update({p.item_id: p.jpeg for p in client.posters(item_ids[start : start + chunk]).posters})
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # the bundle has no thumbnails: grey tiles
+            raise
+        print(f"{PROG}: note: {exc.details()}; the sheet shows placeholders (or pass --posters DIR)", file=sys.stderr)
+    return out
 
 
 def _title(client: Any, args: argparse.Namespace) -> int:
