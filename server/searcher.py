@@ -383,7 +383,8 @@ class Searcher:
             try:
                 if isinstance(query, VectorQuery) and not query.options.candidate_ids:
                     k = self._check_options(query.options)
-                    groups.setdefault(query.options, []).append((pos, self._normalized(query.vector), k))
+                    vector = self._normalized(query.vector)  # before setdefault: a refused vector leaves no empty group
+                    groups.setdefault(query.options, []).append((pos, vector, k))
                 else:
                     results[pos] = self.search(query, guard)
             except QUERY_ERRORS as exc:

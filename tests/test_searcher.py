@@ -396,7 +396,8 @@ COALESCE_NOISE = 0.05
 
 def test_coalesced_search_equals_the_oracle_under_concurrency(vectors_root) -> None:
     """coalesce=True (flat bundle): vector and index-path item queries answer exactly, alone and from 4 threads
-    at once (concurrent single queries then share FAISS calls)."""
+    at once. Which concurrent queries share a FAISS call is up to timing (on 2 cores a few percent do);
+    tests/test_coalescer.py forces a shared call deterministically."""
     root, ids, x = vectors_root
     path = bundles.current_path(root)
     coalesced = Searcher(bundles.load_bundle(path), coalesce=True)

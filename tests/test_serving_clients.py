@@ -383,3 +383,14 @@ def test_title_search_pages_over_grpc(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.FindItems(pb.FindItemsRequest(query="hamlet", page_size=4, page_token=stale))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "the index was reloaded" in err.value.details()
+
+
+def test_a_refused_vector_first_in_its_group_fails_alone(catalog_root) -> None:
+    """Found by the gateway's fuzzing: a bad vector query that came first in its options group left an empty
+    group behind, and the whole batch failed with INTERNAL."""
+    flat_root, _, _, x, _ = catalog_root
+    s = Searcher(bundles.load_bundle(bundles.current_path(flat_root)))
+    bad, good = s.batch([VectorQuery([1.0, 2.0]), VectorQuery(x[0], SearchOptions(k=3))])
+    assert isinstance(bad, InvalidArgument) and isinstance(good, SearchResult) and len(good.hits) == 3
+    (alone,) = s.batch([VectorQuery([1.0, 2.0])])
+    assert isinstance(alone, InvalidArgument)

@@ -18,7 +18,7 @@ from server.client import convert
 from server.types import Item, ItemsResult, PostersResult, Query, SearchOptions, SearchResult
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-IMAGE_QUERY_MODES: dict[str, int] = {  # SearchByImageRequest.mode by name
+IMAGE_QUERY_MODES: dict[str, pb.ImageQueryMode] = {  # SearchByImageRequest.mode by name
     "auto": pb.IMAGE_QUERY_MODE_AUTO,
     "whole": pb.IMAGE_QUERY_MODE_WHOLE,
     "locate": pb.IMAGE_QUERY_MODE_LOCATE,
@@ -72,7 +72,7 @@ class FindPage:
     bundle_version: str
 
 
-def _image_mode(mode: str) -> int:
+def _image_mode(mode: str) -> pb.ImageQueryMode:
     if mode not in IMAGE_QUERY_MODES:
         raise ValueError(f"image query mode expected one of {sorted(IMAGE_QUERY_MODES)}, got {mode!r}")
     return IMAGE_QUERY_MODES[mode]
