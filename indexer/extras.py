@@ -11,7 +11,14 @@ import sys
 
 EXIT_MISSING_EXTRA = 2
 INDEX_MODULES = ("faiss", "tensorflow", "keras", "pandas", "pydantic")
-SERVE_MODULES = INDEX_MODULES + ("grpc_reflection", "prometheus_client", "cryptography", "threadpoolctl", "rapidfuzz")
+SERVE_MODULES = INDEX_MODULES + (
+    "grpc_reflection",
+    "prometheus_client",
+    "cryptography",
+    "threadpoolctl",
+    "rapidfuzz",
+    "cv2",
+)
 
 
 def require(prog: str, extra: str, modules: tuple[str, ...]) -> None:

@@ -90,7 +90,7 @@ def vector_query(req: pb.SearchByVectorRequest) -> VectorQuery:
 
 
 def image_query(req: pb.SearchByImageRequest) -> ImageQuery:
-    return ImageQuery(req.image, options_from_proto(req.options))
+    return ImageQuery(req.image, options_from_proto(req.options), IMAGE_MODES.get(req.mode, "auto"))
 
 
 def query_or_error(q: pb.Query, position: int) -> Query | SearchError:
@@ -133,8 +133,8 @@ def result_to_proto(result: SearchResult) -> pb.SearchResponse:
         bundle_version=result.bundle_version, exact=result.exact, missing_ids=result.missing_ids
     )
     add = response.neighbors.add
-    for item, score in result.hits:
-        add(
+    for item, score, box in result.hits:
+        neighbor = add(
             item_id=item.item_id,
             score=score,
             title=item.title,
@@ -145,6 +145,8 @@ def result_to_proto(result: SearchResult) -> pb.SearchResponse:
             year=item.year,
             rating_count=item.rating_count,
         )
+        if box is not None:
+            neighbor.query_box.CopyFrom(pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]))
     return response
 
 

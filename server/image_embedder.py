@@ -10,6 +10,7 @@ from indexer.bundle import Manifest
 from indexer.embedders import Embedder, EmbedderSpec
 from indexer.errors import ImageError, ImageTooLargeError, IndexerError
 from indexer.images import WIDE_PIXEL_BYTES, DecodeConfig, decode_image
+from indexer.query_image import ImageSearch, QueryImage, QueryMode, SearchFn
 from server.admission import EmbeddingGate
 from server.errors import InvalidArgument, ResourceExhausted
 from server.guard import UNGUARDED, CallGuard
@@ -30,6 +31,24 @@ class BundleImageEmbedder:
             max_bytes=max_bytes,
             max_decoded_bytes=max_pixels * WIDE_PIXEL_BYTES,
         )
+        self.query = QueryImage(embedder, self.decode)  # the one image-query path (posters-index eval runs it too)
+
+    def search_image(
+        self, data: bytes, k: int, search: SearchFn, mode: str, guard: CallGuard = UNGUARDED
+    ) -> ImageSearch:
+        """Find the poster in the upload (per ``mode``), search every window with ``search``, fuse by max
+        score; all under one permit of the shared gate (bounded CPU and memory)."""
+        try:
+            query_mode = QueryMode.parse(mode)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), "mode") from exc
+        with self.gate.permit(guard):
+            try:
+                return self.query.search(data, k, search, query_mode, check=guard.check)
+            except ImageTooLargeError as exc:
+                raise ResourceExhausted(f"image too large: {exc}") from exc
+            except ImageError as exc:
+                raise InvalidArgument(f"image expected a decodable JPEG/PNG/WebP/GIF/BMP/TIFF: {exc}", "image") from exc
 
     def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
         """Decode and embed under one permit of the shared gate (bounded CPU and memory)."""

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from indexer.bundle import Bundle
+from indexer.query_image import ImageSearch, SearchFn
 from indexer.thumbnails import jpeg_size
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, SearchError
 from server.guard import UNGUARDED, CallGuard
@@ -75,9 +76,13 @@ class SearchLimits:
 
 
 class ImageEmbedder(Protocol):
-    """Embeds one encoded image exactly as the bundle's posters were embedded."""
+    """Embeds an encoded image exactly as the bundle's posters were embedded (server.image_embedder)."""
 
     def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray: ...
+
+    def search_image(
+        self, data: bytes, k: int, search: SearchFn, mode: str, guard: CallGuard = UNGUARDED
+    ) -> ImageSearch: ...
 
 
 class Searcher:
@@ -331,7 +336,7 @@ class Searcher:
         k = self._check_options(options)
         return self._search(self._normalized(vector), options, k, set())
 
-    def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
+    def _check_image(self, data: bytes) -> None:
         if not data:
             raise InvalidArgument("image expected non-empty encoded bytes, got 0 bytes", "image")
         if len(data) > self.limits.max_image_bytes:
@@ -341,14 +346,56 @@ class Searcher:
                 f"image search is unavailable for bundle {self.version}: "
                 f"{self.image_unavailable_reason or 'no embedder'}"
             )
+
+    def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
+        """The upload's whole-image embedding, exactly as the bundle's posters were embedded."""
+        self._check_image(data)
+        assert self.image_embedder is not None
         guard.check("image search")
         return self.image_embedder.embed_image(data, guard)
 
     def search_image(
-        self, data: bytes, options: SearchOptions = SearchOptions(), guard: CallGuard = UNGUARDED
+        self,
+        data: bytes,
+        options: SearchOptions = SearchOptions(),
+        guard: CallGuard = UNGUARDED,
+        mode: str = "auto",
     ) -> SearchResult:
+        """The k posters most like an upload. ``mode``: ``whole`` (the upload is the poster), ``locate`` (look
+        for the poster in candidate regions of the upload too), ``auto`` (regions only when the whole image
+        is not a confident match). Every region is searched with the same options and filters; each item
+        keeps its best score, and a hit found in a region carries that region's box."""
         k = self._check_options(options)
-        return self._search(self._normalized(self.embed_image(data, guard)), options, k, set())
+        self._check_image(data)
+        assert self.image_embedder is not None
+        guard.check("image search")
+        answers: list[SearchResult] = []
+
+        def search_windows(vectors: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+            scores = np.full((len(vectors), kk), -np.inf, np.float32)
+            ids = np.full((len(vectors), kk), -1, np.int64)
+            for row, vector in enumerate(vectors):
+                answer = self._search(self._normalized(vector), options, kk, set())
+                answers.append(answer)
+                scores[row, : len(answer.hits)] = [h.score for h in answer.hits]
+                ids[row, : len(answer.hits)] = [h.item.item_id for h in answer.hits]
+            return scores, ids
+
+        found = self.image_embedder.search_image(data, k, search_windows, mode, guard)
+        hits = []
+        for j, (item_id, score, window) in enumerate(
+            zip(found.hits.ids.tolist(), found.hits.scores.tolist(), found.hits.windows.tolist())
+        ):
+            row = self.items.row_or_none(item_id)
+            if row is None:
+                continue
+            box = None
+            if found.localised and window != 0:  # window 0 is the whole upload
+                x0, y0, x1, y1 = found.box_of(j)
+                box = (int(x0), int(y0), int(round(x1)), int(round(y1)))
+            hits.append(Hit(self.items.item(row), float(score), box))
+        first = answers[0] if answers else SearchResult([], self.version, True)
+        return SearchResult(hits, self.version, all(a.exact for a in answers), first.missing_ids)
 
     def search(self, query: Query, guard: CallGuard = UNGUARDED) -> SearchResult:
         if isinstance(query, ItemQuery):
@@ -358,7 +405,7 @@ class Searcher:
         if isinstance(query, VectorQuery):
             return self.search_vector(query.vector, query.options)
         if isinstance(query, ImageQuery):
-            return self.search_image(query.data, query.options, guard)
+            return self.search_image(query.data, query.options, guard, query.mode)
         raise InvalidArgument(f"query expected item, items, vector or image, got {type(query).__name__}")
 
     def batch(

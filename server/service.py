@@ -39,7 +39,8 @@ class PosterSimilarityServicer(pb_grpc.PosterSimilarityServicer):
 
     def SearchByImage(self, request: pb.SearchByImageRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         q = convert.image_query(request)
-        return convert.result_to_proto(self._manager.require().search_image(q.data, q.options, self._guard(context)))
+        searcher = self._manager.require()
+        return convert.result_to_proto(searcher.search_image(q.data, q.options, self._guard(context), q.mode))
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
         searcher = self._manager.require()

@@ -55,6 +55,7 @@ class Item(NamedTuple):  # NamedTuples: immutable and cheap to build on the per-
 class Hit(NamedTuple):
     item: Item
     score: float
+    box: tuple[int, int, int, int] | None = None  # image queries: where in the upload this match was found
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class VectorQuery:
 class ImageQuery:
     data: bytes
     options: SearchOptions = field(default_factory=SearchOptions)
+    mode: str = "auto"  # whole | locate | auto: look for the poster inside the upload first
 
 
 Query = ItemQuery | ItemsQuery | VectorQuery | ImageQuery

@@ -31,6 +31,7 @@ BLOCKED = (
     "imagehash",
     "skimage",
     "rapidfuzz",
+    "cv2",
 )
 
 CLIENT_SCRIPT = textwrap.dedent("""

@@ -23,7 +23,10 @@ from indexer.quality.photo_catalog import MIN_PHOTOS
 from indexer.quality.query_path import embed_image_bytes
 from tests.conftest import QUIET, clustered_vectors
 
-SMALL = dict(copy_sample=4, fidelity_queries=40, latency_queries=10, image_latency_queries=3, seed=1)
+# query_mode whole: the copy-rank oracle below embeds whole images (tests/test_localise.py covers locate)
+SMALL = dict(
+    copy_sample=4, fidelity_queries=40, latency_queries=10, image_latency_queries=3, seed=1, query_mode="whole"
+)
 COMPARE_COUNT = 16
 EVAL_PNGS = ("fidelity.png", "genres.png", "copy_detection.png", "latency.png", "duplicate_cosines.png", "edits.png")
 

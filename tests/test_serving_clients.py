@@ -394,3 +394,43 @@ def test_a_refused_vector_first_in_its_group_fails_alone(catalog_root) -> None:
     assert isinstance(bad, InvalidArgument) and isinstance(good, SearchResult) and len(good.hits) == 3
     (alone,) = s.batch([VectorQuery([1.0, 2.0])])
     assert isinstance(alone, InvalidArgument)
+
+
+def test_image_query_mode_and_box_over_grpc(demo_root: Path, demo_catalog: Path) -> None:
+    """The request's mode is honoured end to end, and a poster found inside a page comes back with its box."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    poster_id = 9
+    with serve(demo_root, image_search=True) as served:
+        item = served.client.items([poster_id])[0]
+        page = Image.new("RGB", (1280, 800), (246, 246, 248))
+        draw = ImageDraw.Draw(page)
+        for line in range(14):  # the text of a streaming site's page
+            draw.rectangle((420, 160 + 34 * line, 1180 - 37 * (line % 5), 176 + 34 * line), fill=(190, 190, 198))
+        truth = (120, 150, 120 + 220, 150 + 330)
+        with Image.open(demo_catalog / "posters" / item.poster) as poster:
+            page.paste(poster.convert("RGB").resize((truth[2] - truth[0], truth[3] - truth[1])), truth[:2])
+        buf = io.BytesIO()
+        page.save(buf, "PNG")
+        stub = pb_grpc.PosterSimilarityStub(served.client.channel)
+
+        def ask(mode: int) -> pb.SearchResponse:
+            return stub.SearchByImage(
+                pb.SearchByImageRequest(image=buf.getvalue(), mode=mode, options=pb.SearchOptions(k=5))
+            )
+
+        located = ask(pb.IMAGE_QUERY_MODE_LOCATE)
+        top = located.neighbors[0]
+        assert top.item_id == poster_id and top.HasField("query_box")
+        box = (top.query_box.x0, top.query_box.y0, top.query_box.x1, top.query_box.y1)
+        inter = max(0, min(box[2], truth[2]) - max(box[0], truth[0])) * max(
+            0, min(box[3], truth[3]) - max(box[1], truth[1])
+        )
+        union = (box[2] - box[0]) * (box[3] - box[1]) + (truth[2] - truth[0]) * (truth[3] - truth[1]) - inter
+        assert inter / union >= 0.7, (box, truth)
+        whole = ask(pb.IMAGE_QUERY_MODE_WHOLE)
+        assert not any(n.HasField("query_box") for n in whole.neighbors)  # whole-image matches carry no box
+        assert whole.neighbors[0].score < top.score  # the page as a whole is a poor match for the poster
+        assert ask(pb.IMAGE_QUERY_MODE_UNSPECIFIED).neighbors[0].item_id == poster_id  # auto localises when unsure

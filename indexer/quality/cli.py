@@ -15,6 +15,7 @@ EVAL_EPILOG = """examples:
   posters-index eval indexes/posters                          # -> indexes/posters/quality/<build>/eval/
   posters-index eval idx --out reports/eval --copy-sample 200 --edits crop,jpeg,wall,screenshot
   posters-index eval photo-idx --copy-items photo-catalog/photos.csv   # copy detection on the real photos
+  posters-index eval photo-idx --copy-items photo-catalog/photos.csv --query-mode whole   # no localisation
 """
 COMPARE_EPILOG = """examples:
   posters-index compare --movies ml/movies.csv --links ml/links.csv --posters ml/posters \\
@@ -36,6 +37,7 @@ def _require_eval_extra(args: argparse.Namespace) -> None:
     if args.command in ("eval", "compare"):
         modules += [] if args.no_charts else ["matplotlib"]
         modules += [] if args.no_phash else ["imagehash"]
+        modules += [] if args.query_mode == "whole" else ["cv2"]
     elif args.command == "analyze":
         modules += ["sklearn"] + ([] if args.no_charts else ["matplotlib"])
     elif args.command == "photo-catalog":
@@ -69,6 +71,7 @@ def _add_eval_options(p: argparse.ArgumentParser, posters_option: bool = True) -
     from indexer.quality import eval_config as ev
     from indexer.quality.duplicates import DEFAULT_DUPLICATE_THRESHOLD
     from indexer.quality.edits import EDIT_KINDS
+    from indexer.query_image import DEFAULT_QUERY_MODE, QueryMode
 
     g = p.add_argument_group("evaluation")
     g.add_argument(
@@ -130,6 +133,13 @@ def _add_eval_options(p: argparse.ArgumentParser, posters_option: bool = True) -
     )
     g.add_argument("--no-phash", action="store_true", help="skip the perceptual-hash baseline")
     g.add_argument("--batch-size", type=int, default=ev.DEFAULT_BATCH_SIZE, help="images per model call")
+    g.add_argument(
+        "--query-mode",
+        choices=[m.value for m in QueryMode],
+        default=DEFAULT_QUERY_MODE.value,
+        help="image queries as SearchByImage runs them: whole image, locate the poster (whole + windows), "
+        "or auto (windows only when the whole image is not a confident match)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of every sample and baseline")
     g.add_argument("--no-charts", action="store_true", help="JSON and Markdown only")
 
@@ -157,6 +167,7 @@ def _eval_config(args: argparse.Namespace, root: Path, out: Path | None) -> Any:
         duplicate_threshold=args.duplicate_threshold,
         phash=not args.no_phash,
         batch_size=args.batch_size,
+        query_mode=args.query_mode,
         seed=args.seed,
         charts=not args.no_charts,
     )

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from indexer.embedders import Embedder
+from indexer.errors import ImageError
 from indexer.quality import QualityError, metrics
 from indexer.quality.bundle_view import search
 from indexer.quality.edits import IDENTITY, check_kinds, edited_copy
 from indexer.quality.eval_config import ID_COLUMN, STREAM_COPY, EvalConfig, Loaded, rng_for, sample_rows
-from indexer.quality.query_path import embed_image_bytes
+from indexer.query_image import WHOLE_WINDOW, QueryImage, QueryMode
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,11 @@ PHASH_WORKERS = 4
 class CopyQueries:
     rows: np.ndarray  # the original's row, per query
     kinds: list[str]  # the edit, per query
-    vectors: np.ndarray  # (nq, d) through the SearchByImage path
+    vectors: np.ndarray  # (nq, d) the whole-image vector of each query (the held-out vector queries)
+    found: np.ndarray  # (nq, depth) item ids answered through the SearchByImage path (fused windows), -1 padded
+    cosines: np.ndarray  # (nq,) best cosine of the query's windows to its original
+    windows: np.ndarray  # (nq,) windows searched (1: the whole image only)
+    matched_window: np.ndarray  # (nq,) window of the top answer (0: the whole image)
     hashes: np.ndarray | None  # (nq, 8) packed pHash
     latency_samples: list[bytes]  # a few encoded queries, for the image-query latency
     example: list[tuple[str, bytes]]  # the first poster's copies, for the example sheet
@@ -86,8 +90,51 @@ def _copy_candidates(data: Loaded, config: EvalConfig) -> np.ndarray:
     return np.flatnonzero(has_file)
 
 
-def make_copy_queries(data: Loaded, embedder: Embedder, config: EvalConfig) -> CopyQueries:
-    """Edited copies of sampled posters, embedded through the SearchByImage path (and pHashed)."""
+@dataclass
+class _Answers:
+    """What the SearchByImage path answered for a batch of queries."""
+
+    vectors: np.ndarray
+    found: np.ndarray
+    cosines: np.ndarray
+    windows: np.ndarray
+    matched: np.ndarray
+
+
+def answer_queries(
+    data: Loaded, query: QueryImage, images: list[bytes], originals: np.ndarray, depth: int, mode: QueryMode
+) -> _Answers:
+    """Search ``images`` as SearchByImage does in ``mode``. ``whole``: one model call and one search for the
+    batch (the same vectors as one by one); ``locate`` / ``auto``: ``QueryImage.search`` per query, exactly the
+    server's code. ``originals`` are the rows whose cosine to the best window is reported."""
+    n = len(images)
+    found = np.full((n, depth), -1, np.int64)
+    try:
+        if mode is QueryMode.WHOLE:
+            vectors = query.embed_whole_batch(images)
+            _, ids = search(data.bundle, vectors, depth)
+            found[:, : ids.shape[1]] = ids
+            cosines = np.einsum("ij,ij->i", vectors, data.vectors[originals])
+            return _Answers(vectors, found, cosines, np.ones(n, np.int64), np.zeros(n, np.int64))
+        vectors = np.zeros((n, query.embedder.dim), np.float32)
+        cosines = np.zeros(n, np.float32)
+        windows = np.ones(n, np.int64)
+        matched = np.zeros(n, np.int64)
+        for i, image in enumerate(images):
+            result = query.search(image, depth, lambda q, k: search(data.bundle, q, k), mode)
+            hits, emb = result.hits, result.embedding
+            found[i, : len(hits.ids)] = hits.ids
+            vectors[i] = emb.vectors[WHOLE_WINDOW]
+            cosines[i] = float((emb.vectors @ data.vectors[originals[i]]).max())
+            windows[i] = len(emb)
+            matched[i] = int(hits.windows[0]) if len(hits.ids) else WHOLE_WINDOW
+        return _Answers(vectors, found, cosines, windows, matched)
+    except ImageError as exc:
+        raise QualityError(f"image queries: {exc}") from exc
+
+
+def make_copy_queries(data: Loaded, query: QueryImage, config: EvalConfig) -> CopyQueries:
+    """Edited copies of sampled posters, searched through the SearchByImage path (and pHashed)."""
     kinds = check_kinds(list(config.edit_kinds))
     candidates = _copy_candidates(data, config)
     if len(candidates) == 0:
@@ -101,8 +148,10 @@ def make_copy_queries(data: Loaded, embedder: Embedder, config: EvalConfig) -> C
     originals = [(data.posters_dir / items["poster"].iat[r]).read_bytes() for r in sample]
     rows: list[int] = []
     kind_of: list[str] = []
-    vectors: list[np.ndarray] = []
+    answers: list[_Answers] = []
     hashes: list[np.ndarray] = []
+    mode = QueryMode.parse(config.query_mode)
+    depth = min(config.copy_depth, len(data.ids))
     samples: list[bytes] = []
     example: list[tuple[str, bytes]] = []
     seconds = {"edit": 0.0, "embed": 0.0, "phash": 0.0}
@@ -114,7 +163,9 @@ def make_copy_queries(data: Loaded, embedder: Embedder, config: EvalConfig) -> C
             data_bytes = [edited_copy(kind, originals[i], int(data.ids[sample[i]]), config.seed) for i in chunk]
             seconds["edit"] += time.perf_counter() - t
             t = time.perf_counter()
-            vectors.append(embed_image_bytes(embedder, data_bytes))
+            answers.append(
+                answer_queries(data, query, data_bytes, np.asarray([sample[i] for i in chunk], np.int64), depth, mode)
+            )
             seconds["embed"] += time.perf_counter() - t
             if config.phash:
                 t = time.perf_counter()
@@ -125,11 +176,21 @@ def make_copy_queries(data: Loaded, embedder: Embedder, config: EvalConfig) -> C
             if start == 0:
                 example.append((kind, data_bytes[0]))
                 samples.extend(data_bytes[:per_kind_samples])
-    log.info("copy detection: %d posters x %d edits embedded in %.1fs", len(sample), len(kinds), seconds["embed"])
+    log.info(
+        "copy detection: %d posters x %d edits searched (%s mode) in %.1fs",
+        len(sample),
+        len(kinds),
+        mode.value,
+        seconds["embed"],
+    )
     return CopyQueries(
         rows=np.asarray(rows, np.int64),
         kinds=kind_of,
-        vectors=np.vstack(vectors),
+        vectors=np.vstack([a.vectors for a in answers]),
+        found=np.vstack([a.found for a in answers]),
+        cosines=np.concatenate([a.cosines for a in answers]),
+        windows=np.concatenate([a.windows for a in answers]),
+        matched_window=np.concatenate([a.matched for a in answers]),
         hashes=np.vstack(hashes) if hashes else None,
         latency_samples=samples[: config.image_latency_queries],
         example=example,
@@ -154,9 +215,8 @@ def _rank_summary(ranks: np.ndarray) -> dict[str, float]:
 
 
 def measure_copy_detection(data: Loaded, copies: CopyQueries, config: EvalConfig) -> tuple[dict[str, Any], dict]:
-    depth = min(config.copy_depth, len(data.ids))
-    _, found = search(data.bundle, copies.vectors, depth)
-    model_ranks = metrics.first_match_rank(found, data.ids[copies.rows])
+    depth = copies.found.shape[1]
+    model_ranks = metrics.first_match_rank(copies.found, data.ids[copies.rows])
     phash_ranks = None
     catalog_seconds = 0.0
     if copies.hashes is not None:
@@ -165,7 +225,7 @@ def measure_copy_detection(data: Loaded, copies: CopyQueries, config: EvalConfig
         catalog_codes = phash_codes(posters)
         catalog_seconds = time.perf_counter() - t
         phash_ranks = _phash_ranks(copies.hashes, catalog_codes, copies.rows, depth)
-    cosine = np.einsum("ij,ij->i", copies.vectors, data.vectors[copies.rows])
+    cosine = copies.cosines
     kinds = np.asarray(copies.kinds)
     edits = []
     for kind in dict.fromkeys(copies.kinds):
@@ -179,6 +239,11 @@ def measure_copy_detection(data: Loaded, copies: CopyQueries, config: EvalConfig
             "p5": float(np.percentile(c, 5)),
             "median": float(np.median(c)),
         }
+        row["windows"] = {
+            "mean": float(copies.windows[m].mean()),
+            "localised": float((copies.windows[m] > 1).mean()),
+            "top_from_window": float((copies.matched_window[m] != WHOLE_WINDOW).mean()),
+        }
         edits.append(row)
     edited = kinds != IDENTITY
     overall: dict[str, Any] = {"queries": int(edited.sum()), "model": _rank_summary(model_ranks[edited])}
@@ -191,5 +256,7 @@ def measure_copy_detection(data: Loaded, copies: CopyQueries, config: EvalConfig
         "edits": edits,
         "all_edits": overall,
         "ties": "pHash ranks count ties against the original (pessimistic)",
+        "query_mode": config.query_mode,
+        "cosine": "cosine_to_original: the best cosine of the query's windows (the whole image in whole mode)",
     }
     return result, {"catalog_phash_seconds": catalog_seconds, **copies.seconds}

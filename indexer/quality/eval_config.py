@@ -17,6 +17,7 @@ from indexer.quality import QualityError
 from indexer.quality.bundle_view import BundleFacts
 from indexer.quality.duplicates import DEFAULT_DUPLICATE_THRESHOLD
 from indexer.quality.edits import DEFAULT_EDIT_KINDS, check_kinds
+from indexer.query_image import DEFAULT_QUERY_MODE, QueryMode
 
 DEFAULT_COPY_SAMPLE = 100
 DEFAULT_FIDELITY_KS = (1, 10, 100)
@@ -56,12 +57,17 @@ class EvalConfig:
     duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD
     phash: bool = True
     batch_size: int = DEFAULT_BATCH_SIZE
+    query_mode: str = DEFAULT_QUERY_MODE.value  # image queries: whole, locate or auto (as SearchByImage)
     seed: int = 0
     charts: bool = True
     verify: bool = True
 
     def validate(self) -> None:
         check_kinds(list(self.edit_kinds))
+        try:
+            QueryMode.parse(self.query_mode)
+        except ValueError as exc:
+            raise QualityError(str(exc)) from None
         for name in ("copy_sample", "fidelity_queries", "genre_queries", "latency_queries", "image_latency_queries"):
             if getattr(self, name) < 0:
                 raise QualityError(f"{name} expected >= 0, got {getattr(self, name)}")

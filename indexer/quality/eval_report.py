@@ -83,12 +83,18 @@ def copy_table(copy: dict[str, Any]) -> str:
     if has_phash:
         headers += ["pHash R@1", "pHash R@5", "pHash mAP"]
     headers += ["cosine to original (median)"]
+    localised = copy.get("query_mode", "whole") != "whole"
+    if localised:
+        headers += ["windows (mean)", "localised", "top from a window"]
     rows = []
     for e in copy["edits"] + [{"edit": "**all edits** (identity excluded)", **copy["all_edits"]}]:
         row = [e["edit"], e["queries"], e["model"]["recall@1"], e["model"]["recall@5"], e["model"]["mAP"]]
         if has_phash:
             row += [e["phash"]["recall@1"], e["phash"]["recall@5"], e["phash"]["mAP"]]
         row.append(e.get("cosine_to_original", {}).get("median"))
+        if localised:
+            w = e.get("windows", {})
+            row += [w.get("mean"), w.get("localised"), w.get("top_from_window")]
         rows.append(row)
     return md_table(headers, rows)
 
@@ -106,8 +112,8 @@ def eval_markdown(payload: dict[str, Any]) -> str:
     if payload.get("query_path"):
         qp = payload["query_path"]
         lines += [
-            f"Image queries: {' → '.join(qp['steps'])} (resize `{qp['decode']['resize']}`, "
-            f"{qp['decode']['size']} px; query path v{qp['version']}).",
+            f"Image queries (mode `{qp.get('mode', 'whole')}`): {' → '.join(qp['steps'])} "
+            f"(resize `{qp['decode']['resize']}`, {qp['decode']['size']} px; query path v{qp['version']}).",
             "",
         ]
     for note in payload.get("notes", []):

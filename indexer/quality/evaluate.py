@@ -56,7 +56,8 @@ from indexer.quality.eval_config import (
     time_each,
 )
 from indexer.quality.fidelity import held_out_vectors, measure_fidelity
-from indexer.quality.query_path import describe_query_path, embed_image_bytes, query_embedder
+from indexer.quality.query_path import describe_query_path, query_embedder, query_image
+from indexer.query_image import QueryImage, QueryMode
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def measure_collections(data: Loaded, config: EvalConfig) -> dict[str, Any] | No
 
 # ---- latency and duplicates ----------------------------------------------------------------------------------------
 def measure_latency(
-    data: Loaded, held_out: np.ndarray, embedder: Embedder | None, copies: CopyQueries | None, config: EvalConfig
+    data: Loaded, held_out: np.ndarray, query: QueryImage | None, copies: CopyQueries | None, config: EvalConfig
 ) -> dict[str, Any]:
     rows = sample_rows(np.arange(len(data.ids)), config.latency_queries, rng_for(config.seed, STREAM_LATENCY))
     out: dict[str, Any] = {"k": LATENCY_K, "threads": 1}
@@ -192,12 +193,15 @@ def measure_latency(
         out["vector"] = metrics.latency_summary(
             time_each(lambda q: search(data.bundle, q[None], LATENCY_K), list(held_out[: config.latency_queries]))
         )
-        if embedder is not None and copies is not None and copies.latency_samples:
+        if query is not None and copies is not None and copies.latency_samples:
+            mode = QueryMode.parse(config.query_mode)
             out["image"] = metrics.latency_summary(
                 time_each(
-                    lambda b: search(data.bundle, embed_image_bytes(embedder, [b]), LATENCY_K), copies.latency_samples
+                    lambda b: query.search(b, LATENCY_K, lambda q, k: search(data.bundle, q, k), mode),
+                    copies.latency_samples,
                 )
             )
+            out["image"]["mode"] = mode.value
     return out
 
 
@@ -255,6 +259,7 @@ def evaluate(config: EvalConfig, embedder: Embedder | None = None, loaded: Loade
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     notes: list[str] = []
     copies = None
+    query = None
     query_path = None
     copy_result: dict[str, Any] | None = None
     if config.copy_sample == 0:
@@ -269,9 +274,10 @@ def evaluate(config: EvalConfig, embedder: Embedder | None = None, loaded: Loade
         t = time.perf_counter()
         embedder = query_embedder(facts, embedder)
         seconds["model"] = time.perf_counter() - t
-        query_path = describe_query_path(embedder, config.batch_size)
+        query = query_image(embedder)
+        query_path = describe_query_path(query, config.query_mode, config.batch_size)
         t = time.perf_counter()
-        copies = make_copy_queries(data, embedder, config)
+        copies = make_copy_queries(data, query, config)
         copy_result, copy_seconds = measure_copy_detection(data, copies, config)
         seconds["copy_detection"] = time.perf_counter() - t
         seconds.update({f"copy_{k}": v for k, v in copy_seconds.items()})
@@ -287,7 +293,7 @@ def evaluate(config: EvalConfig, embedder: Embedder | None = None, loaded: Loade
     duplicates, pairs, edit_cosines, nearest = measure_duplicates(data, copies, config)
     seconds["duplicates"] = time.perf_counter() - t
     t = time.perf_counter()
-    latency = measure_latency(data, held_out, embedder if copies is not None else None, copies, config)
+    latency = measure_latency(data, held_out, query if copies is not None else None, copies, config)
     seconds["latency"] = time.perf_counter() - t
     payload: dict[str, Any] = {
         "tool": "posters-index eval",

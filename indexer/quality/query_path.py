@@ -1,10 +1,9 @@
-"""Image queries embedded exactly as SearchByImage embeds them (server/image_embedder.py).
+"""Image queries of an evaluation, through the server's own image-query path (indexer/query_image.py).
 
-``embed_image_bytes`` mirrors ``BundleImageEmbedder.embed_image``: decode with the bundle's resize policy at
-the model's input size, embed with the bundle's model, weights and pooling, L2-normalize. It takes a
-batch (one model call for many queries); a single query is a batch of one. ``describe_query_path`` is
-recorded in every evaluation so runs with a different query path (localisation, GeM, whitening) can be
-told apart.
+``query_image`` builds the ``QueryImage`` the server builds for a bundle (same decode, model, pooling,
+localisation); ``embed_image_bytes`` is its ``whole`` mode for a batch (one model call for many queries,
+the vectors of ``QueryImage.embed_whole_batch``). ``describe_query_path`` is recorded in every evaluation
+so runs with a different query path (mode, localisation, GeM, whitening) can be told apart.
 """
 
 from __future__ import annotations
@@ -15,17 +14,25 @@ from typing import Any
 import numpy as np
 
 from indexer.embedders import Embedder, EmbedderSpec
-from indexer.images import DecodeConfig, decode_image
-from indexer.index import normalize
+from indexer.errors import ImageError
+from indexer.images import DecodeConfig
 from indexer.quality import QualityError
 from indexer.quality.bundle_view import BundleFacts
+from indexer.query_image import QueryImage, QueryImageConfig, QueryMode
 
-QUERY_PATH_VERSION = 1
 QUERY_PATH_STEPS = (
     "indexer.images.decode_image(bundle resize policy, model input size)",
     "indexer.embedders.Embedder.embed (bundle model, weights, pooling)",
     "L2 normalize",
     "FAISS index search at the bundle's stored nprobe",
+)
+LOCATE_STEPS = (
+    "indexer.images.decode_image(bundle resize policy, model input size): the whole-image window",
+    "indexer.localise.propose (edges -> convex quadrilaterals) + rectify (homography): candidate windows",
+    "every window through the same resize policy, embedded in one model call (bundle model, weights, pooling)",
+    "L2 normalize",
+    "FAISS index search of every window at the bundle's stored nprobe",
+    "max fusion of the windows' results (indexer.query_image.fuse_max)",
 )
 
 
@@ -46,26 +53,26 @@ def query_embedder(facts: BundleFacts, embedder: Embedder | None = None) -> Embe
     return embedder
 
 
+def query_image(embedder: Embedder, config: QueryImageConfig | None = None) -> QueryImage:
+    """The image-query path of a bundle built with ``embedder`` (default decode limits)."""
+    return QueryImage(embedder, DecodeConfig(size=embedder.input_size, resize=embedder.spec.resize), config)
+
+
 def embed_image_bytes(embedder: Embedder, images: Sequence[bytes]) -> np.ndarray:
-    """Encoded images -> L2-normalized float32 vectors (n, dim), as SearchByImage computes them."""
-    decode = DecodeConfig(size=embedder.input_size, resize=embedder.spec.resize)
-    if not images:
-        return np.zeros((0, embedder.dim), np.float32)
-    pixels = np.stack([decode_image(data, decode) for data in images])
-    vectors, ok = normalize(embedder.embed(pixels))
-    if not ok.all():
-        raise QualityError(f"image query embeddings expected non-zero and finite, got {int((~ok).sum())} bad rows")
-    return vectors
+    """Encoded images -> L2-normalized float32 vectors (n, dim), as SearchByImage computes them in ``whole``
+    mode."""
+    try:
+        return query_image(embedder).embed_whole_batch(images)
+    except ImageError as exc:
+        raise QualityError(f"image queries: {exc}") from exc
 
 
-def describe_query_path(embedder: Embedder, batch_size: int) -> dict[str, Any]:
+def describe_query_path(query: QueryImage, mode: QueryMode | str, batch_size: int) -> dict[str, Any]:
     """What the evaluation's image queries went through (recorded in eval.json)."""
-    return {
-        "version": QUERY_PATH_VERSION,
-        "steps": list(QUERY_PATH_STEPS),
-        "decode": {"size": embedder.input_size, "resize": embedder.spec.resize},
-        "embedder": embedder.describe(),
-        "normalization": "l2",
-        "localisation": None,
-        "batch_size": batch_size,
-    }
+    mode = QueryMode.parse(mode)
+    steps = list(QUERY_PATH_STEPS if mode is QueryMode.WHOLE else LOCATE_STEPS)
+    if mode is QueryMode.AUTO:
+        steps.insert(
+            0, f"auto: the whole image first; windows only when its best score < {query.config.auto_confident}"
+        )
+    return {**query.describe(mode), "steps": steps, "batch_size": batch_size}
