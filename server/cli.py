@@ -17,25 +17,13 @@ import sys
 import threading
 from pathlib import Path
 
+from server.cli_args import positive
+
 # Read when FAISS/OpenBLAS/TensorFlow are first imported, so set before any of them is.
 THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 TOKEN_ENV = "POSTERS_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 EXIT_USAGE = 2
-
-
-def _positive(kind: type) -> argparse._ActionType:
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
 
 
 class StartupError(Exception):
@@ -74,38 +62,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
     p.add_argument(
         "--workers",
-        type=_positive(int),
+        type=positive(int),
         default=8,
         help="concurrent queries (item, items, vector, lookups); more are refused with RESOURCE_EXHAUSTED",
     )
-    p.add_argument("--batch-slots", type=_positive(int), default=2, help="concurrent BatchSearch calls")
-    p.add_argument("--image-slots", type=_positive(int), default=2, help="concurrent SearchByImage calls")
+    p.add_argument("--batch-slots", type=positive(int), default=2, help="concurrent BatchSearch calls")
+    p.add_argument("--image-slots", type=positive(int), default=2, help="concurrent SearchByImage calls")
     p.add_argument(
         "--embedding-permits",
-        type=_positive(int),
+        type=positive(int),
         default=2,
         help="concurrent image decode+embed operations (SearchByImage and images in batches)",
     )
-    p.add_argument("--search-threads", type=_positive(int), default=1, help="FAISS threads per request")
+    p.add_argument("--search-threads", type=positive(int), default=1, help="FAISS threads per request")
     p.add_argument(
         "--coalesce",
         action="store_true",
         help="batch concurrent single queries on flat indexes into one FAISS call (measure first: "
         "scripts/bench_concurrency.py; it did not pay off on 2 cores)",
     )
-    p.add_argument("--poll", type=_positive(float), default=5.0, help="seconds between checks of ROOT/CURRENT")
+    p.add_argument("--poll", type=positive(float), default=5.0, help="seconds between checks of ROOT/CURRENT")
     p.add_argument(
         "--require-same-model",
         action="store_true",
         help="refuse to reload a bundle whose model or dimension differs from the serving one",
     )
     p.add_argument("--no-image-search", action="store_true", help="do not load the CNN (SearchByImage disabled)")
-    p.add_argument("--max-k", type=_positive(int), default=1000, help="largest k a client may ask for")
-    p.add_argument("--max-batch", type=_positive(int), default=256, help="most queries in one BatchSearch")
-    p.add_argument("--max-image-bytes", type=_positive(int), default=10 * 1024 * 1024, help="largest uploaded image")
+    p.add_argument("--max-k", type=positive(int), default=1000, help="largest k a client may ask for")
+    p.add_argument("--max-batch", type=positive(int), default=256, help="most queries in one BatchSearch")
+    p.add_argument("--max-image-bytes", type=positive(int), default=10 * 1024 * 1024, help="largest uploaded image")
     p.add_argument(
         "--max-image-pixels",
-        type=_positive(int),
+        type=positive(int),
         default=40_000_000,
         help="largest uploaded image in pixels (decoded size is capped at 4 bytes per pixel)",
     )
@@ -133,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--grace",
-        type=_positive(float),
+        type=positive(float),
         default=5.0,
         help="seconds in-flight requests get on shutdown; their work is stopped, the process exits",
     )

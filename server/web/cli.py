@@ -15,6 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
+from server.cli_args import positive
 from server.client.api import DEFAULT_TARGET
 from server.web.config import (
     DEFAULT_HOST,
@@ -36,26 +37,6 @@ TOKEN_ENV = "POSTERS_TOKEN"
 LISTEN_BACKLOG = 128
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
@@ -63,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
     up = p.add_argument_group("posters-serve (as posters-query)")
     up.add_argument("--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help=f"default {DEFAULT_TARGET}")
-    up.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT, help="deadline of each call (s)")
+    up.add_argument("--timeout", type=positive(float), default=DEFAULT_TIMEOUT, help="deadline of each call (s)")
     up.add_argument("--token-file", type=Path, help=f"bearer token file (or set ${TOKEN_ENV})")
     up.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA of the server certificate (enables TLS)")
     up.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mTLS")
@@ -72,11 +53,11 @@ def parser() -> argparse.ArgumentParser:
     web = p.add_argument_group("gateway")
     web.add_argument(
         "--max-image-bytes",
-        type=_positive_int,
+        type=positive(int),
         default=DEFAULT_MAX_IMAGE_BYTES,
         help="largest image upload, refused (413) before the body is read (default: the server's default)",
     )
-    web.add_argument("--max-json-bytes", type=_positive_int, default=DEFAULT_MAX_JSON_BYTES, help="largest JSON body")
+    web.add_argument("--max-json-bytes", type=positive(int), default=DEFAULT_MAX_JSON_BYTES, help="largest JSON body")
     web.add_argument(
         "--quality-dir",
         type=Path,
