@@ -100,3 +100,27 @@ def clustered_vectors(n: int, d: int, clusters: int = 0, spread: float = 0.6, se
     centres = rng.normal(size=(clusters, d)).astype(np.float32)
     x = centres[rng.integers(clusters, size=n)] + spread * rng.normal(size=(n, d)).astype(np.float32)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+DATA_KINDS = ("realistic", "clustered")  # --data of the benchmarks; realistic is the default
+
+
+def realistic_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """Seeded L2-normalized vectors with the statistics of real efficientnet_lite0 embeddings (PCA spectrum,
+    common mean direction, near-duplicate families): scripts/realistic_vectors.py, calibrated on real
+    embeddings (realistic_calibration.json). Unlike clustered_vectors, IVF needs nprobe > 1 on it."""
+    from realistic_vectors import realistic_vectors as generate
+
+    return generate(n, d, seed)
+
+
+def benchmark_data(kind: str, n: int, queries: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n index vectors, held-out query vectors not among them) of the given kind, seeded."""
+    if kind == "realistic":
+        from realistic_vectors import held_out_queries
+
+        return realistic_vectors(n, d, seed), held_out_queries(queries, n, d, seed)
+    if kind == "clustered":
+        everything = clustered_vectors(n + queries, d, seed=seed)
+        return everything[:n], everything[n:]
+    raise ValueError(f"data kind expected one of {DATA_KINDS}, got {kind!r}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Concurrency benchmark: flat-index vector queries from T threads, with and without coalescing.
 
-In-process, same seeded clustered vectors and the same BLAS threshold as posters-serve; each thread
+In-process, seeded vectors (--data realistic, the default, or clustered: scripts/bench_common.benchmark_data)
+and the same BLAS threshold as posters-serve; each thread
 runs FAISS single-threaded, as request threads do. Prints QPS and p50/p99 per setting and writes
 JSON + Markdown under benchmarks/results/.
 
@@ -26,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import faiss
 import numpy as np
-from bench_common import clustered_vectors, machine, percentiles_ms, write_results
+from bench_common import DATA_KINDS, benchmark_data, machine, percentiles_ms, write_results
 
 if TYPE_CHECKING:
     from server.searcher import Searcher
+
+HELD_OUT = 1000  # query vectors, not in the index
 
 
 def run(searcher: Searcher, queries: np.ndarray, threads: int, per_thread: int) -> dict:
@@ -65,6 +68,7 @@ def main() -> int:
     p.add_argument("--items", type=int, default=20_000)
     p.add_argument("--dim", type=int, default=1280)
     p.add_argument("--queries", type=int, default=400, help="queries per setting")
+    p.add_argument("--data", choices=DATA_KINDS, default="realistic", help="benchmark vectors (default realistic)")
     args = p.parse_args()
     from indexer import bundle as bundles
     from indexer.build import BuildConfig, build
@@ -75,9 +79,9 @@ def main() -> int:
     from server.searcher import Searcher
 
     faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
-    everything = clustered_vectors(args.items + 1000, args.dim, seed=5)
+    vectors, queries = benchmark_data(args.data, args.items, HELD_OUT, args.dim, seed=5)
     with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "v.npz", ids=np.arange(args.items), vectors=everything[: args.items])
+        np.savez(Path(tmp) / "v.npz", ids=np.arange(args.items), vectors=vectors)
         build(
             BuildConfig(
                 index_root=Path(tmp) / "r",
@@ -88,7 +92,6 @@ def main() -> int:
             )
         )
         bundle = bundles.load_bundle(bundles.current_path(Path(tmp) / "r"))
-    queries = everything[args.items :]
     rows = []
     for coalesce in (False, True):
         searcher = Searcher(bundle, coalesce=coalesce)
@@ -99,7 +102,7 @@ def main() -> int:
     info = machine()
     lines = [
         f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. Flat index {args.items} x {args.dim}, "
-        f"k=10, FAISS single-threaded per request thread, BLAS threshold {BLAS_THRESHOLD}.",
+        f"k=10, FAISS single-threaded per request thread, BLAS threshold {BLAS_THRESHOLD}; {args.data} data.",
         "",
         "| coalescing | threads | QPS | p50 ms | p99 ms |",
         "|---|---|---|---|---|",
@@ -109,7 +112,7 @@ def main() -> int:
         for r in rows
     ]
     md = "\n".join(lines) + "\n"
-    write_results("bench_concurrency", {"machine": info, "results": rows}, md)
+    write_results("bench_concurrency", {"machine": info, "data": args.data, "results": rows}, md)
     print(md)
     return 0
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Search benchmark: the notebooks' dense cosine matrix vs the searcher vs the gRPC service.
 
-On the same seeded, clustered, L2-normalized vectors, for each N and D:
+On the same seeded L2-normalized vectors (--data realistic, the default: scripts/realistic_vectors.py, with the
+statistics of real efficientnet_lite0 embeddings; --data clustered: the old isotropic clusters, on which IVF
+reaches recall 1.0 at nprobe 1), for each N and D:
   (a) dense   float64 X @ X.T, per item query argsort of the row (the notebooks' predict_by_id);
               skipped where the matrix would not fit in memory (the row argsort alone is still timed)
   (b) searcher the bundle built by the indexer, queried in-process
@@ -12,6 +14,7 @@ JSON + Markdown + PNG under benchmarks/results/.
 
   python scripts/bench_search.py                       # N in 5k,20k,60k x D in 512,1280 (~15 min)
   python scripts/bench_search.py --sizes 5000 --dims 512 --queries 300    # quick
+  python scripts/bench_search.py --data clustered                        # the old data, to compare with old runs
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_common import (
+    DATA_KINDS,
     ROOT,
-    clustered_vectors,
+    benchmark_data,
     current_rss_mb,
     machine,
     peak_rss_mb,
@@ -49,9 +53,9 @@ DENSE_MEMORY_FRACTION = 0.6  # run the dense method only if N*N*8 bytes fits in 
 SCRIPT = Path(__file__).resolve()
 
 
-def _data(n: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    everything = clustered_vectors(n + HELD_OUT, d, seed=n + d)
-    return everything[:n], everything[n:], np.arange(n, dtype=np.int64) * 3 + 1
+def _data(n: int, d: int, data: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, held = benchmark_data(data, n, HELD_OUT, d, seed=n + d)
+    return x, held, np.arange(n, dtype=np.int64) * 3 + 1
 
 
 def _exact_top(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -59,8 +63,8 @@ def _exact_top(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-sims, axis=1)[:, :k]
 
 
-def worker_dense(n: int, d: int, queries: int) -> dict:
-    x, held, ids = _data(n, d)
+def worker_dense(n: int, d: int, queries: int, data: str) -> dict:
+    x, held, ids = _data(n, d, data)
     rng = np.random.default_rng(1)
     rows = rng.integers(n, size=queries + 20)
     base = current_rss_mb()
@@ -91,12 +95,12 @@ def worker_dense(n: int, d: int, queries: int) -> dict:
     return out
 
 
-def worker_build(n: int, d: int, root: str) -> dict:
+def worker_build(n: int, d: int, root: str, data: str) -> dict:
     from indexer.build import BuildConfig, build
     from indexer.pipeline import PipelineConfig
     from indexer.precomputed import PrecomputedConfig
 
-    x, _, ids = _data(n, d)
+    x, _, ids = _data(n, d, data)
     src = Path(root) / "vectors.npz"
     np.savez(src, ids=ids, vectors=x)
     report = build(
@@ -110,12 +114,12 @@ def worker_build(n: int, d: int, root: str) -> dict:
     return {"method": "build", "n": n, "d": d, "phases": {k: round(v, 3) for k, v in report.phases.items()}}
 
 
-def worker_searcher(n: int, d: int, queries: int, root: str) -> dict:
+def worker_searcher(n: int, d: int, queries: int, root: str, data: str) -> dict:
     from indexer import bundle as bundles
     from server.searcher import Searcher
     from server.types import SearchOptions
 
-    x, held, ids = _data(n, d)
+    x, held, ids = _data(n, d, data)
     base = current_rss_mb()
     b = bundles.load_bundle(bundles.current_path(Path(root) / "index"))
     s = Searcher(b)
@@ -142,14 +146,14 @@ def worker_searcher(n: int, d: int, queries: int, root: str) -> dict:
     return out
 
 
-def worker_grpc(n: int, d: int, queries: int, root: str) -> dict:
+def worker_grpc(n: int, d: int, queries: int, root: str, data: str) -> dict:
     import psutil
     from grpc_health.v1 import health_pb2
 
     from server.client import PosterClient
     from server.types import SearchOptions
 
-    _, held, ids = _data(n, d)
+    _, held, ids = _data(n, d, data)
     port_file = Path(root) / "port"
     port_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
@@ -214,6 +218,7 @@ def markdown(results: list[dict], info: dict) -> str:
     lines = [
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GiB; numpy {info['numpy']}, "
         f"faiss {info['faiss']}; OPENBLAS_CORETYPE={info.get('openblas_coretype')}; {info['date']}. "
+        f"Data: {info.get('data', 'clustered')} vectors. "
         f"Latencies in ms (p50 / p99), k={K}, sequential.",
         "",
         "| N | D | method | build s | memory MB | item query | vector query | recall@10 |",
@@ -322,6 +327,7 @@ def main() -> int:
     p.add_argument("--sizes", default="5000,20000,60000")
     p.add_argument("--dims", default="512,1280")
     p.add_argument("--queries", type=int, default=1500)
+    p.add_argument("--data", choices=DATA_KINDS, default="realistic", help="benchmark vectors (default realistic)")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -334,7 +340,7 @@ def main() -> int:
         }
         fn = workers[kind]
         conv = [int(v) if v.isdigit() else v for v in rest]
-        print(json.dumps(fn(*conv)))
+        print(json.dumps(fn(*conv, data=args.data)))
         return 0
     # numpy's bundled OpenBLAS picks its AVX-512 (SkylakeX) kernels on these machines and segfaults in the
     # float64 GEMM of the dense baseline (20k x 512 and up); its Haswell kernels work. Every method runs
@@ -345,20 +351,21 @@ def main() -> int:
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "Haswell"),
     }
     results = []
-    info = {**machine(), "openblas_coretype": env["OPENBLAS_CORETYPE"]}
+    info = {**machine(), "openblas_coretype": env["OPENBLAS_CORETYPE"], "data": args.data}
+    data = ["--data", args.data]
     for d in map(int, args.dims.split(",")):
         for n in map(int, args.sizes.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
                 print(f"N={n} D={d}: dense ...", file=sys.stderr)
-                results.append(run_worker(SCRIPT, ["dense", str(n), str(d), str(args.queries)], env))
+                results.append(run_worker(SCRIPT, ["dense", str(n), str(d), str(args.queries), *data], env))
                 print(f"N={n} D={d}: build ...", file=sys.stderr)
-                built = run_worker(SCRIPT, ["build", str(n), str(d), tmp], env)
+                built = run_worker(SCRIPT, ["build", str(n), str(d), tmp, *data], env)
                 print(f"N={n} D={d}: searcher ...", file=sys.stderr)
-                s = run_worker(SCRIPT, ["searcher", str(n), str(d), str(args.queries), tmp], env)
+                s = run_worker(SCRIPT, ["searcher", str(n), str(d), str(args.queries), tmp, *data], env)
                 s["phases"] = built["phases"]
                 results.append(s)
                 print(f"N={n} D={d}: grpc ...", file=sys.stderr)
-                results.append(run_worker(SCRIPT, ["grpc", str(n), str(d), str(args.queries), tmp], env))
+                results.append(run_worker(SCRIPT, ["grpc", str(n), str(d), str(args.queries), tmp, *data], env))
     md = markdown(results, info) + "\n" + "\n".join(f"- {line}" for line in ratios(results)) + "\n"
     path = write_results("bench_search", {"machine": info, "k": K, "results": results}, md)
     plot(results, path.with_suffix(".png"))
