@@ -16,6 +16,7 @@ from indexer.build import BuildConfig, build
 from indexer.bundle import Manifest
 from indexer.index import IndexSpec
 from indexer.precomputed import PrecomputedConfig
+from indexer.query_image import ImageSearch, QueryEmbedding, QueryMode, SearchFn, fuse_max
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from server.guard import UNGUARDED, CallGuard
 from server.searcher import Searcher, SearchLimits
@@ -230,6 +231,16 @@ class _StoredVectorEmbedder:
     def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
         self.guards.append(guard)
         return self.x[int(data)] * 3.0
+
+    def search_image(
+        self, data: bytes, k: int, search: SearchFn, mode: str, guard: CallGuard = UNGUARDED
+    ) -> ImageSearch:
+        """The whole-image path: one window (this stored vector), searched by the searcher, fused as the real one."""
+        vector = self.embed_image(data, guard)
+        vectors = (vector / np.linalg.norm(vector))[None].astype(np.float32)
+        scores, found = search(vectors, k)
+        quad = np.array([[[0, 0], [1, 0], [1, 1], [0, 1]]], np.float32)
+        return ImageSearch(fuse_max(scores, found, k), QueryEmbedding(vectors, quad, (1, 1)), QueryMode.WHOLE, False)
 
 
 def test_image_search_embeds_then_searches_with_the_options(vectors_root) -> None:
