@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from indexer.bundle import Manifest
 from indexer.embedders import Embedder, EmbedderSpec
 from indexer.errors import ImageError, ImageTooLargeError, IndexerError
-from indexer.images import WIDE_PIXEL_BYTES, DecodeConfig, decode_image
+from indexer.images import WIDE_PIXEL_BYTES, DecodeConfig
 from indexer.query_image import ImageSearch, QueryImage, QueryMode, SearchFn
 from server.admission import EmbeddingGate
 from server.errors import InvalidArgument, ResourceExhausted
@@ -49,18 +47,6 @@ class BundleImageEmbedder:
                 raise ResourceExhausted(f"image too large: {exc}") from exc
             except ImageError as exc:
                 raise InvalidArgument(f"image expected a decodable JPEG/PNG/WebP/GIF/BMP/TIFF: {exc}", "image") from exc
-
-    def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
-        """Decode and embed under one permit of the shared gate (bounded CPU and memory)."""
-        with self.gate.permit(guard):
-            try:
-                pixels = decode_image(data, self.decode)
-            except ImageTooLargeError as exc:
-                raise ResourceExhausted(f"image too large: {exc}") from exc
-            except ImageError as exc:
-                raise InvalidArgument(f"image expected a decodable JPEG/PNG/WebP/GIF/BMP/TIFF: {exc}") from exc
-            guard.check("image embedding")
-            return self.embedder.embed(pixels[None])[0]
 
 
 class EmbedderPool:

@@ -78,8 +78,6 @@ class SearchLimits:
 class ImageEmbedder(Protocol):
     """Embeds an encoded image exactly as the bundle's posters were embedded (server.image_embedder)."""
 
-    def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray: ...
-
     def search_image(
         self, data: bytes, k: int, search: SearchFn, mode: str, guard: CallGuard = UNGUARDED
     ) -> ImageSearch: ...
@@ -346,13 +344,6 @@ class Searcher:
                 f"image search is unavailable for bundle {self.version}: "
                 f"{self.image_unavailable_reason or 'no embedder'}"
             )
-
-    def embed_image(self, data: bytes, guard: CallGuard = UNGUARDED) -> np.ndarray:
-        """The upload's whole-image embedding, exactly as the bundle's posters were embedded."""
-        self._check_image(data)
-        assert self.image_embedder is not None
-        guard.check("image search")
-        return self.image_embedder.embed_image(data, guard)
 
     def search_image(
         self,
