@@ -24,10 +24,17 @@ from indexer.embedders.embedder import LazyEmbedder, spec_key
 from indexer.errors import BuildError
 from indexer.images import DEFAULT_MAX_PIXELS, DecodeConfig
 from indexer.index import IndexSpec, build_index, normalize
-from indexer.neighbours import DEFAULT_K, NEAR_DUPLICATE_COSINE, near_duplicate_pairs, neighbour_table
+from indexer.neighbours import (
+    DEFAULT_K,
+    NEAR_DUPLICATE_COSINE,
+    near_duplicate_pairs,
+    neighbour_table,
+    table_from_index,
+)
 from indexer.pipeline import PipelineConfig, embed_files
-from indexer.precomputed import PrecomputedConfig, load_precomputed
+from indexer.precomputed import PrecomputedConfig, load_precomputed, precomputed_embedder
 from indexer.thumbnails import ThumbnailSpec, ThumbnailStore
+from indexer.transform import TRANSFORM_FILE, WhitenSpec, learn_whitening
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,7 @@ class BuildConfig:
     cache_path: Path | None = None  # default: <index_root>/cache/embeddings.sqlite
     max_pixels: int = DEFAULT_MAX_PIXELS
     thumbnails: ThumbnailSpec | None = field(default_factory=ThumbnailSpec)  # None: no thumbnails in the bundle
+    whiten: WhitenSpec = field(default_factory=WhitenSpec)  # optional PCA-whitening before the index
 
 
 @dataclass
@@ -184,7 +192,9 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
         keys: list[str] | None = None
         if config.precomputed is not None:
             items, vectors, problems = _load_precomputed(config)
-            model_name, embedder_info = config.precomputed.model_name, None
+            # shards of `posters-index embed` record their embedder: the bundle records it as an image build does
+            embedder_info = precomputed_embedder(config.precomputed, int(vectors.shape[1]))
+            model_name = embedder_info.model if embedder_info is not None else config.precomputed.model_name
             phases["load"] = time.perf_counter() - t0
         else:
             assert config.catalog is not None
@@ -215,15 +225,51 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
                 f"nothing to index: 0 usable items ({len(problems)} problems); {root / bundles.CURRENT} unchanged"
             )
         ids = items["item_id"].to_numpy(np.int64)
+        whitening, transform_info = None, None
+        if config.whiten.enabled:
+            t = time.perf_counter()
+            whitening = learn_whitening(vectors, config.whiten)
+            vectors, white = whitening.apply(vectors)
+            if not white.all():  # a vector equal to the catalog mean whitens to zero: nothing to compare
+                raise BuildError(
+                    f"whitening expected every vector to keep a direction, got {int((~white).sum())} that whiten to "
+                    f"zero (item ids {ids[~white][:5].tolist()}); build without --whiten"
+                )
+            transform_info = bundles.TransformInfo(
+                in_dim=whitening.in_dim,
+                out_dim=whitening.out_dim,
+                shrinkage=whitening.shrinkage,
+                trained_on=whitening.trained_on,
+                file=TRANSFORM_FILE,
+                sha256=whitening.digest(),
+            )
+            phases["whiten"] = time.perf_counter() - t
         t = time.perf_counter()
         log.info("building index over %d vectors of dim %d", len(ids), vectors.shape[1])
         built = build_index(vectors, ids, config.index)
         phases["index"] = time.perf_counter() - t
         nids = nscores = None
+        table = bundles.NeighboursInfo()
         if config.neighbours_k > 0:
             t = time.perf_counter()
-            log.info("computing the top-%d neighbour table", config.neighbours_k)
-            nids, nscores = neighbour_table(vectors, ids, config.neighbours_k, progress=config.pipeline.progress)
+            if built.params.exact:
+                log.info("computing the exact top-%d neighbour table", config.neighbours_k)
+                nids, nscores = neighbour_table(vectors, ids, config.neighbours_k, progress=config.pipeline.progress)
+                table = bundles.NeighboursInfo(k=int(nids.shape[1]), exact=True)
+            else:
+                log.info("searching the top-%d neighbour table in the %s index", config.neighbours_k, built.params.type)
+                nids, nscores, recall = table_from_index(
+                    built.index,
+                    built.search,
+                    vectors,
+                    ids,
+                    config.neighbours_k,
+                    progress=config.pipeline.progress,
+                )
+                table = bundles.NeighboursInfo(
+                    k=int(nids.shape[1]), exact=False, recall=round(recall, 4), source="index"
+                )
+                log.info("neighbour table recall@%d = %.3f (sampled against exact search)", table.k, recall)
             phases["neighbours"] = time.perf_counter() - t
         duplicates = None if nids is None or nscores is None else near_duplicate_pairs(ids, nids, nscores)
         if duplicates:
@@ -241,7 +287,7 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             embedder=embedder_info,
             dim=int(vectors.shape[1]),
             index=built.params,
-            neighbours=bundles.NeighboursInfo(k=int(nids.shape[1]) if nids is not None else 0, exact=True),
+            neighbours=table,
             item_count=len(ids),
             failure_count=len(problems),
             near_duplicate_pairs=duplicates,
@@ -261,12 +307,13 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             embedding_counts={"from_cache": from_cache, "embedded": embedded},
             phase_seconds={k: round(v, 3) for k, v in phases.items()},
             versions=library_versions(),
+            transform=transform_info,
         )
         t = time.perf_counter()
         log.info("writing bundle %s to staging", build_id)
         posters = thumbs.in_order(list(keys)) if thumbs is not None and keys is not None else None
         staged = bundles.write_staging(
-            root, bundles.BundleContents(built.index, items, problems, manifest, nids, nscores, posters)
+            root, bundles.BundleContents(built.index, items, problems, manifest, nids, nscores, posters, whitening)
         )
         phases["write"] = time.perf_counter() - t
         path = bundles.publish(root, staged)

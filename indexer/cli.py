@@ -36,13 +36,37 @@ EPILOG = """examples:
 """
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.75, got {text!r}") from None
+
+
+_SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def _bytes(text: str) -> int:
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in _SIZE_UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 1.5G, 800M or 2000000, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return int(value)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from indexer.bundle import DEFAULT_KEEP_BUILDS
-    from indexer.embedders.embedder import POOLINGS, RESIZE_POLICIES
+    from indexer.embedders.embedder import DEFAULT_GEM_P, POOLINGS, RESIZE_POLICIES, SINGLE_SCALE
     from indexer.embedders.registry import backbone_names
     from indexer.images import DEFAULT_MAX_PIXELS
-    from indexer.index import AUTO_IVF_MIN_ITEMS, INDEX_KINDS
+    from indexer.index import AUTO_IVF_MIN_ITEMS, DEFAULT_EF_CONSTRUCTION, DEFAULT_HNSW_M, INDEX_KINDS
     from indexer.neighbours import DEFAULT_K
+    from indexer.transform import DEFAULT_SHRINKAGE
 
     parser = argparse.ArgumentParser(
         prog="posters-index", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,7 +117,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "downloaded and cached by Keras), 'none' (seeded random init, for tests), "
         "or a local weights file",
     )
-    model.add_argument("--pooling", default="avg", choices=POOLINGS, help="global pooling of the last feature map")
+    model.add_argument(
+        "--pooling",
+        default="avg",
+        choices=POOLINGS,
+        help="global pooling of the last feature map (gem: generalized mean, exponent --gem-p)",
+    )
+    model.add_argument(
+        "--gem-p", type=float, default=DEFAULT_GEM_P, help="GeM exponent (1 = avg, large = max; --pooling gem only)"
+    )
+    model.add_argument(
+        "--scales",
+        type=_scales,
+        default=SINGLE_SCALE,
+        metavar="S[,S...]",
+        help="multi-scale: embed the input at these multiples of the model's input size and average the "
+        "descriptors (e.g. 1,0.75); default 1: one scale",
+    )
     model.add_argument(
         "--resize",
         default="pad",
@@ -113,16 +153,47 @@ def _build_parser() -> argparse.ArgumentParser:
         "--index",
         default="auto",
         choices=INDEX_KINDS,
-        help=f"flat: exact; ivf: inverted lists; auto: flat below {AUTO_IVF_MIN_ITEMS} items, ivf above",
+        help="flat: exact; ivf: inverted lists (IVF-Flat); ivf-sq8/ivf-fp16: IVF over scalar-quantized vectors; "
+        "ivf-pq: IVF with 4-bit fast-scan PQ re-ranked on SQ8 vectors; hnsw/hnsw-sq8: a graph; "
+        f"auto: flat below {AUTO_IVF_MIN_ITEMS} items, else the fastest type fitting --memory-budget",
     )
     idx.add_argument("--nlist", type=int, help="IVF lists (default ~sqrt(N))")
     idx.add_argument("--nprobe", type=int, help="IVF default nprobe (default: smallest reaching --target-recall)")
-    idx.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the tuned nprobe must reach")
+    idx.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="recall@10 on held-out queries the tuned search parameters must reach",
+    )
+    idx.add_argument(
+        "--memory-budget",
+        type=_bytes,
+        metavar="SIZE",
+        help="--index auto: the index must fit in SIZE (e.g. 1.5G, 800M); the estimate is printed before building",
+    )
+    idx.add_argument("--hnsw-m", type=int, default=DEFAULT_HNSW_M, help="HNSW links per node")
+    idx.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION, help="HNSW build beam width")
+    idx.add_argument("--ef-search", type=int, help="HNSW default efSearch (default: tuned)")
+    idx.add_argument("--pq-m", type=int, help="ivf-pq sub-quantizers (default D/16; must divide D)")
+    idx.add_argument("--k-factor", type=int, help="ivf-pq: re-rank k x K candidates (default: tuned from 4)")
     idx.add_argument(
         "--neighbours",
         type=int,
         default=DEFAULT_K,
         help="precompute each item's top-K neighbours for O(k) item queries (0: off)",
+    )
+    white = b.add_argument_group("transform (PCA-whitening learned on the catalog, stored in the bundle)")
+    white.add_argument(
+        "--whiten",
+        action="store_true",
+        help="whiten the vectors (PCA learned on this catalog; applied identically to every query)",
+    )
+    white.add_argument("--whiten-dim", type=int, help="keep this many dimensions (default: all the catalog supports)")
+    white.add_argument(
+        "--whiten-shrinkage",
+        type=float,
+        default=DEFAULT_SHRINKAGE,
+        help="eigenvalue floor as a fraction of the mean eigenvalue (regularises small catalogs)",
     )
     out = b.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="index root (builds/<id>/ and CURRENT)")
@@ -180,6 +251,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from indexer.quality.cli import add_subcommands
 
     add_subcommands(sub)  # eval, compare, analyze, photo-catalog
+    from indexer.cli_embed import add_parser as add_embed_subcommands
+
+    add_embed_subcommands(sub)  # embed (local or Ray), cache import
     return parser
 
 
@@ -299,6 +373,7 @@ def _run_build(args: argparse.Namespace) -> BuildReport:
     from indexer.index import IndexSpec
     from indexer.pipeline import PipelineConfig
     from indexer.precomputed import PrecomputedConfig
+    from indexer.transform import WhitenSpec
 
     if args.embeddings is None and args.posters is None:
         raise BuildError("build needs --posters (with or without --movies) or --embeddings")
@@ -318,14 +393,33 @@ def _run_build(args: argparse.Namespace) -> BuildReport:
         index_root=args.out,
         catalog=catalog,
         precomputed=precomputed,
-        embedder=EmbedderSpec(model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize),
-        index=IndexSpec(kind=args.index, nlist=args.nlist, nprobe=args.nprobe, target_recall=args.target_recall),
+        embedder=EmbedderSpec(
+            model=args.model,
+            weights=args.weights,
+            pooling=args.pooling,
+            resize=args.resize,
+            gem_p=args.gem_p,
+            scales=args.scales,
+        ),
+        index=IndexSpec(
+            kind=args.index,
+            nlist=args.nlist,
+            nprobe=args.nprobe,
+            target_recall=args.target_recall,
+            memory_budget=args.memory_budget,
+            hnsw_m=args.hnsw_m,
+            ef_construction=args.ef_construction,
+            ef_search=args.ef_search,
+            pq_m=args.pq_m,
+            k_factor=args.k_factor,
+        ),
         pipeline=PipelineConfig(batch_size=args.batch_size, decode_workers=args.workers, progress=not args.quiet),
         neighbours_k=args.neighbours,
         keep_builds=args.keep,
         use_cache=not args.no_cache,
         cache_path=args.cache,
         max_pixels=args.max_pixels,
+        whiten=WhitenSpec(enabled=args.whiten, dim=args.whiten_dim, shrinkage=args.whiten_shrinkage),
     )
     return build(config)
 
@@ -353,23 +447,52 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"format        {manifest.format_version}  (manifest sha256 {bundle.digest[:16]})")
     print(f"created       {manifest.created_at}")
     print(
-        f"model         {manifest.model}  dim={manifest.dim}  "
+        f"model         {manifest.model}  dim={manifest.query_dim}  "
         + (
-            f"pooling={embedder.pooling} resize={embedder.resize} weights={embedder.weights}"
+            f"pooling={embedder.pooling}"
+            + (f" p={embedder.gem_p:g}" if embedder.gem_p is not None else "")
+            + (f" scales={','.join(f'{s:g}' for s in embedder.scales)}" if embedder.scales else "")
+            + f" resize={embedder.resize} weights={embedder.weights}"
             if embedder
             else "(precomputed vectors)"
         )
     )
+    if manifest.transform is not None:
+        t = manifest.transform
+        print(
+            f"transform     {t.kind} {t.in_dim} -> {t.out_dim} dims (shrinkage {t.shrinkage:g}, "
+            f"learned on {t.trained_on} vectors; {' -> '.join(t.steps)})"
+        )
+    print(f"vector space  {manifest.vector_space[:16]}")
+    knobs = [
+        f"{name}={value}"
+        for name, value in (
+            ("nlist", index.nlist),
+            ("nprobe", index.nprobe),
+            ("M", index.hnsw_m),
+            ("efSearch", index.ef_search),
+            ("pq_m", index.pq_m),
+            ("k_factor", index.k_factor),
+        )
+        if value
+    ]
     extra = (
-        f"  nlist={index.nlist} nprobe={index.nprobe} recall@{index.recall_k}={index.recall} "
-        f"({index.recall_queries} queries)"
-        if index.type == "ivf"
+        f"  {' '.join(knobs)} recall@{index.recall_k}={index.recall} ({index.recall_queries} queries)"
+        + (f" p50 {index.latency_p50_ms:.3f} ms" if index.latency_p50_ms else "")
+        + (f" ~{index.memory_bytes / 1e6:.0f} MB" if index.memory_bytes else "")
+        if not index.exact
         else ""
     )
     print(f"index         {index.type}{extra}")
     print(f"items         {manifest.item_count}")
     print(f"failures      {manifest.failure_count}")
-    print(f"neighbours    k={manifest.neighbours.k}")
+    table = manifest.neighbours
+    print(
+        f"neighbours    k={table.k}"
+        + ("" if table.exact or not table.k else f" from the index (recall@{table.k} {table.recall} sampled)")
+    )
+    if index.chosen_by:
+        print(f"chosen by     {index.chosen_by}")
     counts = manifest.embedding_counts
     print(f"embeddings    {counts.get('embedded', 0)} computed, {counts.get('from_cache', 0)} from cache")
     print(f"checks        OK ({len(manifest.files)} files verified; index ids = item ids; metric inner product)")
@@ -515,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every failure ends in one line on stderr (the traceback only with -v): a bad input or a problem of
     # the environment (disk full, read-only, permissions) exits 2, an interrupt 130, a bug 1.
     try:
+        from indexer.cli_embed import COMMANDS as EMBED_COMMANDS
         from indexer.quality.cli import COMMANDS as QUALITY_COMMANDS
 
         return {
@@ -524,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             "rollback": _cmd_rollback,
             "demo-catalog": _cmd_demo,
             **QUALITY_COMMANDS,
+            **EMBED_COMMANDS,
         }[args.command](args)
     except KeyboardInterrupt:
         print("posters-index: interrupted", file=sys.stderr)

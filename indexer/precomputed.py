@@ -2,7 +2,10 @@
 
 Accepted: ``.npy`` (N x D) with ids in a second ``.npy``/``.txt``/``.csv``;
 ``.npz`` with arrays ``ids`` and ``vectors``; ``.parquet`` with an ``item_id``
-column and a list column ``embedding`` (or ``vector``).
+column and a list column ``embedding`` (or ``vector``); a directory of embedding shards
+(``posters-index embed``'s output, ``indexer.embedding_shards``: finished, one embedder). When the
+shards (or a ``.parquet``) carry the embedder's description, ``precomputed_embedder`` returns it and the
+bundle records that embedder as an image build does (so it can answer image queries).
 
 Ids follow ``indexer.ids`` (integers 0 .. 2**63-1, parsed exactly): a row whose id is not one is
 reported and skipped, as are duplicate ids and rows whose vector is missing, ragged or not finite.
@@ -22,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from indexer import embedding_shards as shards
+from indexer.bundle.manifest import EmbedderInfo
 from indexer.catalog import Problem
 from indexer.errors import CatalogError
 from indexer.ids import DOMAIN, ParsedIds, parse_id_array
@@ -135,8 +140,49 @@ def _stack_rows(values: np.ndarray, path: Path) -> tuple[np.ndarray, dict[int, s
     return out, bad
 
 
+def _load_shards(directory: Path) -> _Raw:
+    """Every shard of a finished shard directory, in order; positions are named by shard and row."""
+    parts = list(shards.iter_shards(shards.open_shards(directory)))
+    starts = np.cumsum([0] + [len(p.ids) for p in parts])
+
+    def where(pos: int) -> str:
+        n = int(np.searchsorted(starts, pos, side="right")) - 1
+        return f"{parts[n].path.name} row {pos - int(starts[n])}"
+
+    bad = {int(starts[n]) + pos: reason for n, part in enumerate(parts) for pos, reason in part.bad_rows.items()}
+    same_dtype = len({p.ids.dtype for p in parts}) == 1  # else exact Python ints (int64 + uint64 would be float64)
+    ids = np.concatenate([p.ids if same_dtype else p.ids.astype(object) for p in parts])
+    return _Raw(ids, directory, where, np.concatenate([p.vectors for p in parts]), bad)
+
+
+def precomputed_embedder(config: PrecomputedConfig, dim: int) -> EmbedderInfo | None:
+    """The embedder a shard directory (or a ``.parquet``) records in its schema metadata, checked against the
+    loaded vectors' dimension ``dim``; None for files that record none (``.npy``, ``.npz``, foreign parquet)."""
+    path = config.vectors
+    if path.is_dir():
+        found = shards.open_shards(path).embedder
+    elif path.suffix.lower() == ".parquet":
+        found = shards.parquet_embedder(path)
+    else:
+        return None
+    if found is None:
+        return None
+    try:
+        info = EmbedderInfo.model_validate(found.description)
+    except ValueError as exc:
+        raise CatalogError(
+            f"{path}: the shards' embedder description expected the fields of a bundle's embedder, got "
+            f"{sorted(found.description)}: {' '.join(str(exc).split())}"
+        ) from None
+    if info.dim != dim:
+        raise CatalogError(f"{path}: vectors expected dim {info.dim} (the recorded embedder's), got {dim}")
+    return info
+
+
 def _load_raw(config: PrecomputedConfig) -> _Raw:
     path = config.vectors
+    if path.is_dir():
+        return _load_shards(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
@@ -158,7 +204,9 @@ def _load_raw(config: PrecomputedConfig) -> _Raw:
         vectors = np.load(path, allow_pickle=False)
         ids, where = _load_ids(config.ids)
         return _Raw(ids, config.ids, where, vectors, {})
-    raise CatalogError(f"{path}: expected .npy (+ ids), .npz or .parquet, got {suffix or 'no extension'}")
+    raise CatalogError(
+        f"{path}: expected .npy (+ ids), .npz, .parquet or a directory of shards, got {suffix or 'no extension'}"
+    )
 
 
 def _parse_ids(raw: _Raw) -> ParsedIds:
@@ -214,7 +262,7 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
                     int(ids[pos]),
                     str(config.vectors),
                     "precomputed",
-                    f"{_row(int(pos))}: {raw.bad_rows[int(pos)]}; row skipped",
+                    f"{raw.where(int(pos))}: {raw.bad_rows[int(pos)]}; row skipped",
                 )
             )
     keep[list(raw.bad_rows)] = False

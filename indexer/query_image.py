@@ -35,6 +35,7 @@ from indexer.errors import ImageError
 from indexer.images import EXIF_ORIENTATION_TAG, DecodeConfig, decode_full, decode_image, fit_to_input
 from indexer.index import normalize
 from indexer.localise import LocaliseConfig, opencv, propose, quad_box, rectify
+from indexer.transform import Whitening
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,13 @@ def _whole_quad(width: int, height: int) -> np.ndarray:
 class QueryImage:
     """An image query for one bundle: the bundle's decode (resize policy, input size) and embedder."""
 
-    def __init__(self, embedder: Embedder, decode: DecodeConfig, config: QueryImageConfig | None = None) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        decode: DecodeConfig,
+        config: QueryImageConfig | None = None,
+        whitening: Whitening | None = None,
+    ) -> None:
         config = config or QueryImageConfig()
         config.validate()
         if decode.size != embedder.input_size or decode.resize != embedder.spec.resize:
@@ -197,10 +204,17 @@ class QueryImage:
         self.embedder = embedder
         self.decode = decode
         self.config = config
+        if whitening is not None and whitening.in_dim != embedder.dim:
+            raise ValueError(f"whitening expected input dimension {embedder.dim}, got {whitening.in_dim}")
+        self.whitening = whitening  # the bundle's transform: query vectors go to the index's space
+        self.dim = whitening.out_dim if whitening is not None else embedder.dim
 
     # ---- embedding ---------------------------------------------------------------------------------------------
     def _vectors(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vectors, ok = normalize(self.embedder.embed(pixels))
+        if self.whitening is not None:  # exactly the build's step: normalize -> whiten -> normalize
+            vectors, white = self.whitening.apply(vectors)
+            ok &= white
         return vectors, ok
 
     def embed_whole_batch(self, images: Sequence[bytes]) -> np.ndarray:
@@ -209,7 +223,7 @@ class QueryImage:
         Raises ImageError (or ImageTooLargeError) for an undecodable upload or a zero / non-finite embedding.
         """
         if not images:
-            return np.zeros((0, self.embedder.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         vectors, ok = self._vectors(np.stack([decode_image(data, self.decode) for data in images]))
         if not ok.all():
             raise ImageError(f"image embedding expected finite and non-zero, got {int((~ok).sum())} of {len(ok)} bad")

@@ -40,6 +40,7 @@ class ServerConfig:
     tls: TlsConfig | None = None
     token: str | None = None  # bearer token required on every PosterSimilarity call
     access_log: bool = False
+    reuse_port: bool = False  # SO_REUSEPORT: several processes listen on the port (posters-serve --processes)
 
 
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -71,7 +72,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(config.reuse_port)),
         ],
     )
     add_servicer(PosterSimilarityServicer(manager), server)

@@ -4,7 +4,8 @@ Binds 127.0.0.1 by default. Reloads the bundle when ROOT/CURRENT changes (pollin
 on SIGHUP); a bundle that fails its checks is logged and retried with backoff while the last good
 one keeps serving. Calls are admitted per cost class (queries, batches, image searches); a full
 class answers RESOURCE_EXHAUSTED at once. SIGTERM/SIGINT: health NOT_SERVING, in-flight work is
-stopped at its next check, and the process exits within --grace seconds.
+stopped at its next check, and the process exits within --grace seconds. --processes N: a supervisor
+runs N worker processes sharing the port (SO_REUSEPORT); see ``server.supervisor``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,17 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds in-flight requests get on shutdown; their work is stopped, the process exits",
     )
+    p.add_argument(
+        "--processes",
+        type=positive(int),
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT), each loading the bundle, under a supervisor "
+        "that forwards SIGHUP/SIGTERM and restarts a worker that dies; with --metrics-port P, worker I serves "
+        "metrics on P+I",
+    )
+    # set by the supervisor on its workers' command lines (server.supervisor.worker_command)
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -136,14 +148,22 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for key, value in THREAD_ENV.items():
         os.environ.setdefault(key, value)
-    from server import logs
+    from server import logs, supervisor
 
     logs.configure(
         logging.DEBUG if args.verbose else logging.INFO,
         json_lines=args.log_format == "json",
-        capture_native=args.log_format == "json",  # native library lines become JSON records too
+        # native library lines become JSON records too (not in a supervisor: its workers inherit its fd 2)
+        capture_native=args.log_format == "json" and args.processes == 1,
     )
     log = logging.getLogger("posters-serve")
+    if args.processes > 1:
+        config = supervisor.SupervisorConfig(
+            args.processes, args.index, args.host, args.port, args.grace, args.poll, args.port_file, args.metrics_port
+        )
+        return supervisor.supervise(config, sys.argv[1:] if argv is None else argv)
+    if args.worker_index is not None:
+        supervisor.tag_worker_logs(args.worker_index)
     try:
         return _serve(args, log)
     except StartupError as exc:
@@ -157,8 +177,10 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
     from server.admission import AdmissionLimits, EmbeddingGate
     from server.app import ServerConfig, TlsConfig, create_server
     from server.metrics import Metrics
+    from server.process_stats import memory
     from server.reloader import BundleManager
     from server.searcher import SearchLimits
+    from server.supervisor import watch_supervisor
     from server.tls import TlsError, check_server_files
 
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -193,7 +215,13 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
     metrics = Metrics()
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     config = ServerConfig(
-        host=args.host, port=args.port, admission=admission, tls=tls, token=token, access_log=args.access_log
+        host=args.host,
+        port=args.port,
+        admission=admission,
+        tls=tls,
+        token=token,
+        access_log=args.access_log,
+        reuse_port=args.worker_index is not None,  # a worker of --processes N shares the port
     )
     try:
         server, port = create_server(manager, config, metrics, health_servicer)
@@ -205,8 +233,11 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
     if args.host not in LOOPBACK_HOSTS and not (tls or token):
         log.warning("listening on %s without TLS or a token: anyone who can reach this address can query", args.host)
     server.start()  # listen at once: health is NOT_SERVING until the bundle is loaded (off this thread)
+    manager.add_listener(lambda s: log.info("process %d serving %s: %s", os.getpid(), s.version, memory().describe()))
     manager.start(load_now=True)
     stop = threading.Event()
+    if args.supervisor_fd is not None:
+        watch_supervisor(args.supervisor_fd, stop.set)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: manager.request_reload())

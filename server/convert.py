@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 from google.protobuf import timestamp_pb2
 
 from server._proto import posters_pb2 as pb
 from server.errors import InvalidArgument, SearchError
+from server.process_stats import memory
 from server.status import status_proto
 from server.types import (
     EMPTY_FILTER,
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
     from server.reloader import ReloadStatus
 
 DEFAULT_WEIGHT = 1.0
+PACKED_DTYPE = np.dtype("<f4")  # SearchByVectorRequest.vector_f32le: little-endian IEEE-754 float32
+PACKED_FIELD = "vector_f32le"
 PAGE_TOKEN_SEPARATOR = "@"
 INDEX_KINDS = {"flat": pb.INDEX_KIND_FLAT, "ivf": pb.INDEX_KIND_IVF}
 IMAGE_MODES = {
@@ -85,30 +91,62 @@ def items_query(req: pb.SimilarToItemsRequest) -> ItemsQuery:
     return ItemsQuery(_weighted(req.positive), _weighted(req.negative), options_from_proto(req.options))
 
 
-def vector_query(req: pb.SearchByVectorRequest) -> VectorQuery:
-    return VectorQuery(req.vector, options_from_proto(req.options))
+def request_vector(req: pb.SearchByVectorRequest, dim: int | None = None) -> Sequence[float] | np.ndarray:
+    """The query vector of either form: ``vector`` (repeated float) or ``vector_f32le`` (packed bytes, read
+    without a per-value Python object). Exactly one may be set; a packed length must be 4 x ``dim``
+    (the serving bundle's dimension; None: checked by the searcher). The values are checked by the searcher."""
+    packed = req.vector_f32le
+    if not packed:
+        return req.vector
+    size = PACKED_DTYPE.itemsize
+    if len(req.vector):
+        raise InvalidArgument(
+            f"expected exactly one of vector and {PACKED_FIELD}, got both ({len(req.vector)} floats in vector "
+            f"and {len(packed)} bytes in {PACKED_FIELD})",
+            PACKED_FIELD,
+        )
+    if len(packed) % size:
+        raise InvalidArgument(
+            f"{PACKED_FIELD} expected little-endian float32 values ({size} bytes each), got {len(packed)} bytes, "
+            f"not a multiple of {size}",
+            PACKED_FIELD,
+        )
+    if dim is not None and len(packed) != dim * size:
+        raise InvalidArgument(
+            f"{PACKED_FIELD} dimension expected {dim} ({dim * size} bytes of float32), "
+            f"got {len(packed) // size} ({len(packed)} bytes)",
+            PACKED_FIELD,
+        )
+    return np.frombuffer(packed, dtype=PACKED_DTYPE)
+
+
+def vector_query(req: pb.SearchByVectorRequest, dim: int | None = None) -> VectorQuery:
+    return VectorQuery(request_vector(req, dim), options_from_proto(req.options))
 
 
 def image_query(req: pb.SearchByImageRequest) -> ImageQuery:
     return ImageQuery(req.image, options_from_proto(req.options), IMAGE_MODES.get(req.mode, "auto"))
 
 
-def query_or_error(q: pb.Query, position: int) -> Query | SearchError:
-    """A BatchSearch query, or the error that position alone gets (a Query with nothing set)."""
+def query_or_error(q: pb.Query, position: int, dim: int | None = None) -> Query | SearchError:
+    """A BatchSearch query, or the error that position alone gets (nothing set, a malformed packed vector)."""
     try:
-        return query_from_proto(q, position)
+        return query_from_proto(q, position, dim)
     except InvalidArgument as exc:
         return exc
 
 
-def query_from_proto(q: pb.Query, position: int) -> Query:
+def query_from_proto(q: pb.Query, position: int, dim: int | None = None) -> Query:
     kind = q.WhichOneof("query")
     if kind == "item":
         return item_query(q.item)
     if kind == "items":
         return items_query(q.items)
     if kind == "vector":
-        return vector_query(q.vector)
+        try:
+            return vector_query(q.vector, dim)
+        except InvalidArgument as exc:  # named by position, as the searcher names its per-query errors
+            raise InvalidArgument(f"query {position}: {exc}", f"queries[{position}].{exc.field}") from None
     if kind == "image":
         return image_query(q.image)
     raise InvalidArgument(f"query {position}: expected one of item, items, vector, image; got none set")
@@ -244,4 +282,6 @@ def info_to_proto(info: IndexSummary, limits: Any, manifest: Manifest, status: R
         max_posters=limits.max_posters,
         thumbnail_width=info.thumbnail_width,
         thumbnail_height=info.thumbnail_height,
+        process_id=os.getpid(),
+        process_rss_bytes=memory().rss_bytes,
     )

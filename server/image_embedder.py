@@ -9,6 +9,7 @@ from indexer.embedders import Embedder, EmbedderSpec
 from indexer.errors import ImageError, ImageTooLargeError, IndexerError
 from indexer.images import WIDE_PIXEL_BYTES, DecodeConfig
 from indexer.query_image import ImageSearch, QueryImage, QueryMode, SearchFn
+from indexer.transform import Whitening
 from server.admission import EmbeddingGate
 from server.errors import InvalidArgument, ResourceExhausted
 from server.guard import UNGUARDED, CallGuard
@@ -19,7 +20,14 @@ log = logging.getLogger(__name__)
 class BundleImageEmbedder:
     """Decode (same resize policy) + embed (same model, weights, pooling) for one bundle."""
 
-    def __init__(self, embedder: Embedder, max_pixels: int, max_bytes: int, gate: EmbeddingGate) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        max_pixels: int,
+        max_bytes: int,
+        gate: EmbeddingGate,
+        whitening: Whitening | None = None,
+    ) -> None:
         self.embedder = embedder
         self.gate = gate
         self.decode = DecodeConfig(
@@ -29,7 +37,8 @@ class BundleImageEmbedder:
             max_bytes=max_bytes,
             max_decoded_bytes=max_pixels * WIDE_PIXEL_BYTES,
         )
-        self.query = QueryImage(embedder, self.decode)  # the one image-query path (posters-index eval runs it too)
+        # the one image-query path (posters-index eval runs it too), ending in the bundle's space (its whitening)
+        self.query = QueryImage(embedder, self.decode, whitening=whitening)
 
     def search_image(
         self, data: bytes, k: int, search: SearchFn, mode: str, guard: CallGuard = UNGUARDED
@@ -56,7 +65,12 @@ class EmbedderPool:
         self._by_fingerprint: dict[str, Embedder] = {}
 
     def for_manifest(
-        self, manifest: Manifest, max_pixels: int, max_bytes: int, gate: EmbeddingGate
+        self,
+        manifest: Manifest,
+        max_pixels: int,
+        max_bytes: int,
+        gate: EmbeddingGate,
+        whitening: Whitening | None = None,
     ) -> tuple[BundleImageEmbedder | None, str]:
         """(embedder, "") or (None, reason image search is unavailable)."""
         described = manifest.embedder
@@ -75,4 +89,4 @@ class EmbedderPool:
                     f"this server builds {embedder.fingerprint[:12]} (model, weights or library changed)"
                 )
             self._by_fingerprint = {fingerprint: embedder}  # keep only the latest model in memory
-        return BundleImageEmbedder(embedder, max_pixels, max_bytes, gate), ""
+        return BundleImageEmbedder(embedder, max_pixels, max_bytes, gate, whitening), ""

@@ -123,10 +123,10 @@ class BundleManager:
     def _load(self, build_id: str) -> Searcher:
         bundle = bundles.load_bundle(self.root / bundles.BUILDS / build_id, verify=True)
         old = self._searcher
-        if old is not None and (bundle.manifest.model, bundle.manifest.dim) != (old.manifest.model, old.dim):
+        if old is not None and (bundle.manifest.model, bundle.manifest.query_dim) != (old.manifest.model, old.dim):
             change = (
                 f"bundle {build_id} changes the model from {old.manifest.model} (dim {old.dim}) to "
-                f"{bundle.manifest.model} (dim {bundle.manifest.dim}): vector queries of the old "
+                f"{bundle.manifest.model} (dim {bundle.manifest.query_dim}): vector queries of the old "
                 f"dimension will be refused"
             )
             if self.require_same_model:
@@ -140,7 +140,11 @@ class BundleManager:
     def _with_image_search(self, searcher: Searcher) -> Searcher:
         """The same bundle with its image embedder (building the model takes seconds: after the swap)."""
         embedder, reason = self._embedders.for_manifest(
-            searcher.manifest, self.limits.max_image_pixels, self.limits.max_image_bytes, self.embedding_gate
+            searcher.manifest,
+            self.limits.max_image_pixels,
+            self.limits.max_image_bytes,
+            self.embedding_gate,
+            searcher.whitening,
         )
         if reason:
             log.warning("bundle %s: image search unavailable: %s", searcher.version, reason)

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from indexer.bundle import Bundle
+from indexer.index import MAX_EF_SEARCH, MAX_K_FACTOR
 from indexer.query_image import ImageSearch, SearchFn
 from indexer.thumbnails import jpeg_size
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, SearchError
@@ -102,6 +103,7 @@ class Searcher:
         self.vectors = VectorIndex(bundle, threads=threads, coalesce=coalesce)
         self.titles = TitleIndex(self.items.titles.tolist())
         self.thumbnails = bundle.thumbnails
+        self.whitening = bundle.whitening  # vectors from outside the index go through it (None: no transform)
         self.image_embedder = image_embedder
         self.image_unavailable_reason = image_unavailable_reason
         self.loaded_at = time.time()
@@ -115,7 +117,8 @@ class Searcher:
 
     @property
     def dim(self) -> int:
-        return self.vectors.dim
+        """The dimension of query vectors (the embedder's; the index's own differs under a whitening)."""
+        return self.manifest.query_dim
 
     @property
     def item_count(self) -> int:
@@ -165,14 +168,33 @@ class Searcher:
             raise InvalidArgument(
                 f"nprobe expected 0 (bundle default) or {limit}, got {options.nprobe}", "options.nprobe"
             )
+        if not 0 <= options.ef_search <= MAX_EF_SEARCH:
+            raise InvalidArgument(
+                f"ef_search expected 0 (bundle default) or 1..{MAX_EF_SEARCH}, got {options.ef_search}",
+                "options.ef_search",
+            )
+        if not 0 <= options.k_factor <= MAX_K_FACTOR:
+            raise InvalidArgument(
+                f"k_factor expected 0 (bundle default) or 1..{MAX_K_FACTOR}, got {options.k_factor}",
+                "options.k_factor",
+            )
         return k
 
-    def _normalized(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
+    def _outside(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
+        """A client's vector (the embedder's space) -> a normalized query in the index's space (whitened
+        exactly as the catalog was, when the bundle has a whitening)."""
+        q = self._normalized(vector, self.dim)
+        if self.whitening is None:
+            return q
+        white, ok = self.whitening.apply(q)
+        if not ok.all():
+            raise InvalidArgument("vector expected a direction after the bundle's whitening, got the catalog mean")
+        return white
+
+    def _normalized(self, vector: Sequence[float] | np.ndarray, dim: int) -> np.ndarray:
         v = np.asarray(vector, dtype=np.float64).reshape(-1)  # float64: 3e38-sized values do not overflow
-        if v.size != self.dim:
-            raise InvalidArgument(
-                f"vector dimension expected {self.dim} (bundle {self.version}), got {v.size}", "vector"
-            )
+        if v.size != dim:
+            raise InvalidArgument(f"vector dimension expected {dim} (bundle {self.version}), got {v.size}", "vector")
         if not np.isfinite(v).all():
             raise InvalidArgument(f"vector values must be finite; got {int((~np.isfinite(v)).sum())} NaN/Inf values")
         norm = float(np.linalg.norm(v))
@@ -230,7 +252,7 @@ class Searcher:
         self, queries: np.ndarray, options: SearchOptions, ks: list[int], excludes: list[set[int]], scope: _Scope
     ) -> list[SearchResult]:
         """One FAISS call for queries that share search parameters (and so one filter)."""
-        params = SearchParams(options.nprobe, options.exact)
+        params = SearchParams(options.nprobe, options.exact, ef_search=options.ef_search, k_factor=options.k_factor)
         passing = self.item_count
         if scope.mask is not None:
             passing = int(scope.mask.sum())
@@ -243,6 +265,8 @@ class Searcher:
                 options.exact or selective,  # few items pass: an approximate probe could miss most of them
                 allow=ids[scope.mask] if passing <= self.item_count // 2 else None,
                 deny=ids[~scope.mask] if passing > self.item_count // 2 else None,
+                ef_search=options.ef_search,
+                k_factor=options.k_factor,
             )
         fetch = min(passing, max(k + len(e) for k, e in zip(ks, excludes)))
         scores, found, exact = self.vectors.search(queries, fetch, params)
@@ -279,11 +303,13 @@ class Searcher:
             and not options.candidate_ids
             and not options.exclude_ids
             and not options.nprobe
+            and not options.ef_search
+            and not options.k_factor
+            and (self.vectors.table_exact or not options.exact)
             and options.filter.is_empty()
         ):
-            return SearchResult(
-                self._hits(table[0].tolist(), table[1].tolist(), k, set(), options.min_score), self.version, True
-            )
+            hits = self._hits(table[0].tolist(), table[1].tolist(), k, set(), options.min_score)
+            return SearchResult(hits, self.version, self.vectors.table_exact)
         vector = self.vectors.vectors(np.array([item_id], np.int64))
         return self._search(vector, options, k, {int(item_id)})
 
@@ -298,7 +324,7 @@ class Searcher:
         known = set(found.ids.tolist())
         pairs = [(i, w) for i, w in items if i in known]
         if not pairs:
-            return np.zeros(self.dim, np.float64), [], found.missing
+            return np.zeros(self.vectors.dim, np.float64), [], found.missing
         ids = np.array([i for i, _ in pairs], np.int64)
         weights = np.array([w for _, w in pairs], np.float64)
         total = weights @ self.vectors.vectors(ids).astype(np.float64)  # float64: large weights stay finite
@@ -326,13 +352,13 @@ class Searcher:
         if not np.isfinite(q).all() or float(np.linalg.norm(q)) <= ZERO_QUERY_NORM * max(1.0, np.abs(q).max()):
             raise InvalidArgument("the weighted query (positives minus negatives) is the zero vector")
         exclude = set(plus_ids) | set(minus_ids)
-        return self._search(self._normalized(q), options, k, exclude, plus_missing + minus_missing)
+        return self._search(self._normalized(q, self.vectors.dim), options, k, exclude, plus_missing + minus_missing)
 
     def search_vector(
         self, vector: Sequence[float] | np.ndarray, options: SearchOptions = SearchOptions()
     ) -> SearchResult:
         k = self._check_options(options)
-        return self._search(self._normalized(vector), options, k, set())
+        return self._search(self._outside(vector), options, k, set())
 
     def _check_image(self, data: bytes) -> None:
         if not data:
@@ -366,7 +392,8 @@ class Searcher:
             scores = np.full((len(vectors), kk), -np.inf, np.float32)
             ids = np.full((len(vectors), kk), -1, np.int64)
             for row, vector in enumerate(vectors):
-                answer = self._search(self._normalized(vector), options, kk, set())
+                # windows come embedded (and whitened) by the bundle's QueryImage: already in the index's space
+                answer = self._search(self._normalized(vector, self.vectors.dim), options, kk, set())
                 answers.append(answer)
                 scores[row, : len(answer.hits)] = [h.score for h in answer.hits]
                 ids[row, : len(answer.hits)] = [h.item.item_id for h in answer.hits]
@@ -421,7 +448,7 @@ class Searcher:
             try:
                 if isinstance(query, VectorQuery) and not query.options.candidate_ids:
                     k = self._check_options(query.options)
-                    vector = self._normalized(query.vector)  # before setdefault: a refused vector leaves no empty group
+                    vector = self._outside(query.vector)  # before setdefault: a refused vector leaves no empty group
                     groups.setdefault(query.options, []).append((pos, vector, k))
                 else:
                     results[pos] = self.search(query, guard)

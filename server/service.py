@@ -34,8 +34,9 @@ class PosterSimilarityServicer(pb_grpc.PosterSimilarityServicer):
         return convert.result_to_proto(self._manager.require().similar_to_items(q.positive, q.negative, q.options))
 
     def SearchByVector(self, request: pb.SearchByVectorRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
-        q = convert.vector_query(request)
-        return convert.result_to_proto(self._manager.require().search_vector(q.vector, q.options))
+        searcher = self._manager.require()
+        q = convert.vector_query(request, searcher.dim)
+        return convert.result_to_proto(searcher.search_vector(q.vector, q.options))
 
     def SearchByImage(self, request: pb.SearchByImageRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         q = convert.image_query(request)
@@ -44,7 +45,7 @@ class PosterSimilarityServicer(pb_grpc.PosterSimilarityServicer):
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
         searcher = self._manager.require()
-        queries = [convert.query_or_error(q, i) for i, q in enumerate(request.queries)]
+        queries = [convert.query_or_error(q, i, searcher.dim) for i, q in enumerate(request.queries)]
         return convert.batch_to_proto(searcher.batch(queries, self._guard(context)), searcher.version)
 
     def FindItems(self, request: pb.FindItemsRequest, context: grpc.ServicerContext) -> pb.FindItemsResponse:

@@ -38,6 +38,8 @@ class SearchOptions:
     nprobe: int = 0  # 0: the bundle default
     exact: bool = False
     filter: Filter = EMPTY_FILTER
+    ef_search: int = 0  # HNSW bundles; 0: the bundle default
+    k_factor: int = 0  # IVF-PQ bundles (re-ranked candidates = k x k_factor); 0: the bundle default
     strict: bool = False  # unknown candidate/exclude/positive/negative ids: NOT_FOUND instead of missing_ids
 
 

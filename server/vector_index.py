@@ -1,9 +1,10 @@
 """The vector index of a bundle: FAISS search with per-request parameters, reconstruction by item id,
 and the precomputed neighbour table. Plain arrays in and out; no item metadata, no validation.
 
-Per-request parameters (nprobe, exact) go through FAISS search-parameter objects: the shared index
-is never mutated from a request thread. OpenMP thread counts are per calling thread, so each request
-thread sets its own once.
+Per-request parameters (nprobe, ef_search, k_factor, exact) go through FAISS search-parameter objects
+(``indexer.index.search_parameters``, one place for every index family): the shared index is never
+mutated from a request thread. OpenMP thread counts are per calling thread, so each request thread sets
+its own once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import faiss
 import numpy as np
 
 from indexer.bundle import Bundle
+from indexer.index import DEFAULT_K_FACTOR, EXACT_KINDS, IVF_KINDS, search_parameters
 from server.coalescer import Coalescer
+
+DEFAULT_EF_SEARCH = 64  # HNSW bundles that did not store a tuned efSearch
+EXACT_EF_PER_RESULT = 8  # "exact" on a graph: efSearch of at least 8 x the results fetched
 
 
 @dataclass(frozen=True)
@@ -27,16 +32,23 @@ class SearchParams:
     exact: bool = False
     allow: np.ndarray | None = None  # int64 item ids
     deny: np.ndarray | None = None
+    ef_search: int = 0  # HNSW: 0 = the bundle default
+    k_factor: int = 0  # IVF-PQ re-ranking: 0 = the bundle default
 
 
 class VectorIndex:
     def __init__(self, bundle: Bundle, threads: int = 1, coalesce: bool = False) -> None:
         self.index = bundle.index
         self.dim = int(bundle.index.d)
-        ivf = faiss.try_extract_index_ivf(bundle.index) if not isinstance(bundle.index, faiss.IndexIDMap) else None
+        stored = bundle.manifest.index
+        self.kind = stored.type
+        ivf = faiss.try_extract_index_ivf(bundle.index) if self.kind in IVF_KINDS else None
         self.nlist = int(ivf.nlist) if ivf is not None else 0
         self.default_nprobe = int(ivf.nprobe) if ivf is not None else 0
-        self.is_exact = ivf is None
+        self.default_ef_search = stored.ef_search or DEFAULT_EF_SEARCH
+        self.default_k_factor = stored.k_factor or DEFAULT_K_FACTOR
+        self.is_exact = self.kind in EXACT_KINDS
+        self.table_exact = bundle.manifest.neighbours.exact
         self.threads = threads
         self._tls = threading.local()
         self._table_ids = bundle.neighbour_ids
@@ -59,20 +71,25 @@ class VectorIndex:
             return faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(params.deny, np.int64)))
         return None
 
-    def faiss_params(self, params: SearchParams) -> tuple[faiss.SearchParameters | None, bool, object]:
-        """(FAISS search parameters, whether the answer is exact, objects to keep alive during the search)."""
+    def faiss_params(self, params: SearchParams, fetch: int = 0) -> tuple[faiss.SearchParameters | None, bool, object]:
+        """(FAISS search parameters, whether the answer is exact, objects to keep alive during the search).
+
+        ``exact`` probes every list (IVF) or widens the graph search to at least ``EXACT_EF_PER_RESULT`` x
+        fetch (HNSW); only flat and IVF-Flat answers are then exact — quantized vectors are not."""
         selector = self._selector(params)
-        if self.is_exact:
-            return (faiss.SearchParameters(sel=selector) if selector is not None else None), True, selector
         nprobe = self.nlist if params.exact else (params.nprobe or self.default_nprobe)
-        if selector is None:
-            return faiss.SearchParametersIVF(nprobe=nprobe), nprobe >= self.nlist, None
-        return faiss.SearchParametersIVF(nprobe=nprobe, sel=selector), nprobe >= self.nlist, selector
+        ef_search = params.ef_search or self.default_ef_search
+        if params.exact:
+            ef_search = max(ef_search, EXACT_EF_PER_RESULT * max(1, fetch))
+        k_factor = params.k_factor or self.default_k_factor
+        faiss_params = search_parameters(self.index, self.kind, nprobe, ef_search, k_factor, selector)
+        exact = self.is_exact or (self.kind == "ivf" and nprobe >= self.nlist)
+        return faiss_params, exact, selector
 
     def search(self, queries: np.ndarray, fetch: int, params: SearchParams) -> tuple[np.ndarray, np.ndarray, bool]:
         """Top-``fetch`` (scores, item ids, exact) for normalized float32 queries (nq, dim); ids -1 pad."""
         self._ensure_threads()
-        faiss_params, exact, keep_alive = self.faiss_params(params)
+        faiss_params, exact, keep_alive = self.faiss_params(params, fetch)
         if self.coalescer is not None and len(queries) == 1 and keep_alive is None:
             scores, ids = self.coalescer.search(queries[0], fetch)
             return scores[None], ids[None], exact

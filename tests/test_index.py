@@ -52,7 +52,7 @@ def test_auto_kind_and_nlist_rules() -> None:
     assert default_nlist(60_000) == round(np.sqrt(60_000))
     assert default_nlist(100) == 2  # at least 39 points per list
     with pytest.raises(BuildError, match="expected one of"):
-        resolve_kind(IndexSpec(kind="hnsw"), 10)
+        resolve_kind(IndexSpec(kind="annoy"), 10)
 
 
 def test_duplicate_ids_refused() -> None:

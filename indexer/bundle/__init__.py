@@ -5,7 +5,8 @@ Layout of an index root::
     ROOT/
       CURRENT                 the published build id (replaced by rename)
       builds/<build id>/      manifest.json, index.faiss, items.csv, failures.csv,
-                              [neighbour_ids.npy, neighbour_scores.npy]
+                              [neighbour_ids.npy, neighbour_scores.npy, posters.bin,
+                              poster_offsets.npy, transform.npz]
       builds/.staging-*/      builds in progress (removed when a later build starts)
       cache/embeddings.sqlite the embedding cache
       .lock                   held by the one build running in this root
@@ -43,6 +44,7 @@ from indexer.bundle.manifest import (
     Manifest,
     NeighboursInfo,
     ThumbnailsInfo,
+    TransformInfo,
     parse_manifest,
 )
 from indexer.bundle.reader import Bundle, bundle_digest, load_bundle, load_failures, read_manifest, verify_files
@@ -70,6 +72,7 @@ __all__ = [
     "Manifest",
     "NeighboursInfo",
     "ThumbnailsInfo",
+    "TransformInfo",
     "build_lock",
     "bundle_digest",
     "current_path",

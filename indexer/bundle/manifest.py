@@ -12,6 +12,9 @@ Format history (``format_version``):
   items querying themselves).
 - 2: typed manifest; ``index.recall`` with ``recall_k`` and ``recall_queries``
   (how the recall was measured). Format-1 bundles are read and converted.
+- 3: optional ``transform`` (PCA-whitening between the embedder and the index, in
+  ``transform.npz``) and the embedder's ``gem_p`` / ``scales``. Format 1 and 2 bundles
+  have neither and read unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from indexer.errors import BundleError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 OLDEST_READABLE_FORMAT = 1
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 V1_RECALL_KEY = "recall_at_10"
@@ -54,6 +57,22 @@ class EmbedderInfo(_Frozen):
     preprocessing: str
     dim: int = Field(gt=0)
     fingerprint: str
+    gem_p: float | None = None  # pooling "gem": the generalized-mean exponent
+    scales: list[float] | None = None  # multi-scale: input sizes (x input_size) whose descriptors are averaged
+
+
+class TransformInfo(_Frozen):
+    """The step between the embedder's L2-normalized vectors and the index (``transform.npz``), applied to the
+    catalog at build time and to every query vector from outside the index: L2 -> PCA-whiten -> L2."""
+
+    kind: Literal["pca-whiten"] = "pca-whiten"
+    steps: list[str] = Field(default_factory=lambda: ["l2", "subtract-mean", "project-whiten", "l2"])
+    in_dim: int = Field(gt=0)  # the embedder's dimension (what SearchByVector takes)
+    out_dim: int = Field(gt=0)  # the index's dimension
+    shrinkage: float = Field(ge=0)
+    trained_on: int = Field(gt=0)
+    file: str
+    sha256: str = Field(pattern=SHA256_PATTERN)
 
 
 class IndexParams(_Frozen):
@@ -69,6 +88,18 @@ class IndexParams(_Frozen):
     recall_k: int = Field(default=0, ge=0)
     recall_queries: str = ""  # how recall was measured: "held-in" (indexed items) or "held-out"
     build_seconds: float = 0.0
+    # format 3: the other index families and how they were chosen
+    ef_search: int = Field(default=0, ge=0)  # HNSW: default efSearch
+    hnsw_m: int = Field(default=0, ge=0)
+    ef_construction: int = Field(default=0, ge=0)
+    pq_m: int = Field(default=0, ge=0)  # IVF-PQ: sub-quantizers (4-bit fast scan)
+    refine: str = ""  # IVF-PQ: the stored vectors candidates are re-ranked against ("sq8", "fp16", "flat")
+    k_factor: int = Field(default=0, ge=0)  # IVF-PQ: candidates re-ranked = k x k_factor
+    factory: str = ""  # the FAISS index factory string
+    latency_p50_ms: float | None = None  # one query at a time, one thread, at the default parameters
+    memory_bytes: int = Field(default=0, ge=0)  # estimated resident size of the index
+    chosen_by: str = ""  # --index auto: why this type
+    held_out_queries: int = Field(default=0, ge=0)
 
 
 class ThumbnailsInfo(_Frozen):
@@ -84,7 +115,9 @@ class NeighboursInfo(_Frozen):
     """The precomputed item-to-item neighbour table (k = 0: none)."""
 
     k: int = Field(default=0, ge=0)
-    exact: bool = True
+    exact: bool = True  # False: searched in the (approximate) index, recall measured on a sample
+    recall: float | None = None  # recall@k of the table against exact search (None: exact)
+    source: str = "exact"  # "exact" (blocked brute force) or "index"
 
 
 class Manifest(_Frozen):
@@ -93,7 +126,7 @@ class Manifest(_Frozen):
     created_at: str
     model: str  # backbone name, or the name given to precomputed vectors
     embedder: EmbedderInfo | None  # None: built from precomputed vectors (no image search)
-    dim: int = Field(gt=0)
+    dim: int = Field(gt=0)  # the index's dimension (transform.out_dim when there is a transform)
     metric: Literal["inner_product"] = "inner_product"
     normalization: Literal["l2"] = "l2"
     index: IndexParams
@@ -102,11 +135,26 @@ class Manifest(_Frozen):
     failure_count: int = Field(ge=0)
     near_duplicate_pairs: int | None = None  # pairs above the near-duplicate cosine (None: not checked)
     thumbnails: ThumbnailsInfo | None = None  # None: the bundle stores no thumbnails
+    transform: TransformInfo | None = None  # None: the index holds the embedder's vectors as they are
     files: dict[str, FileEntry] = Field(default_factory=dict)
     source: dict[str, dict[str, str] | None] = Field(default_factory=dict)
     embedding_counts: dict[str, int] = Field(default_factory=dict)
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def query_dim(self) -> int:
+        """The dimension of vectors from outside the index (SearchByVector): the embedder's."""
+        return self.transform.in_dim if self.transform is not None else self.dim
+
+    @property
+    def vector_space(self) -> str:
+        """Identity of the space the index's vectors live in: the embedder's fingerprint (or the precomputed
+        model name) plus the transform's checksum. Two bundles answer a vector alike only if these match."""
+        base = self.embedder.fingerprint if self.embedder is not None else f"precomputed:{self.model}:{self.dim}"
+        if self.transform is None:
+            return base
+        return hashlib.sha256(f"{base}|{self.transform.kind}|{self.transform.sha256}".encode()).hexdigest()
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)

@@ -37,6 +37,8 @@ from indexer.bundle.layout import (
 from indexer.bundle.manifest import Manifest, manifest_digest, parse_manifest
 from indexer.errors import BundleError
 from indexer.hashing import file_sha256
+from indexer.index_kinds import kind_of
+from indexer.transform import Whitening, read_whitening
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ ITEM_DTYPES = {
 OPTIONAL_ITEM_COLUMNS = ("year", "rating_count")  # absent from format-1 bundles: unknown (NA)
 FAILURE_DTYPES = {"item_id": "Int64", "file": str, "stage": str, "reason": str}
 SCORE_TOLERANCE = 1e-4  # neighbour scores are cosines: within [-1, 1] up to float32 rounding
-INDEX_TYPES_EXACT = ("flat",)
 
 
 class PosterThumbnails:
@@ -80,6 +81,7 @@ class Bundle:
     neighbour_ids: np.ndarray | None
     neighbour_scores: np.ndarray | None
     thumbnails: PosterThumbnails | None = None
+    whitening: Whitening | None = None  # the transform queries from outside the index go through
 
     @property
     def version(self) -> str:
@@ -122,6 +124,7 @@ def _listing_problems(bundle_dir: Path, manifest: Manifest) -> list[str]:
         REQUIRED_FILES
         + (NEIGHBOUR_FILES if manifest.neighbours.k else ())
         + (POSTER_FILES if manifest.thumbnails is not None else ())
+        + ((manifest.transform.file,) if manifest.transform is not None else ())
     )
     for name in wanted:
         if name not in manifest.files:
@@ -152,9 +155,11 @@ def verify_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
     return problems
 
 
-def _read_index(path: Path, manifest: Manifest) -> faiss.Index:
+def _read_index(path: Path, manifest: Manifest, mmap: bool) -> faiss.Index:
     try:
-        index = faiss.read_index(str(path))
+        # IO_FLAG_MMAP_IFC: the vectors/codes stay in the file, memory-mapped (shared by every server process,
+        # paged in on use); only the small structures (ids, lists' bookkeeping, graph levels) are read.
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
     except RuntimeError as exc:
         raise BundleError(f"{path} is not a readable FAISS index: {str(exc).splitlines()[0]}") from exc
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
@@ -167,9 +172,9 @@ def _read_index(path: Path, manifest: Manifest) -> faiss.Index:
             f"{path}: expected dim {manifest.dim} and {manifest.item_count} vectors, "
             f"got dim {index.d} and {index.ntotal}"
         )
-    is_ivf = faiss.try_extract_index_ivf(index) is not None and not isinstance(index, faiss.IndexIDMap)
-    if is_ivf == (manifest.index.type in INDEX_TYPES_EXACT):
-        raise BundleError(f"{path}: index type expected {manifest.index.type!r} (manifest), got {type(index).__name__}")
+    found = kind_of(index)
+    if found != manifest.index.type:
+        raise BundleError(f"{path}: index type expected {manifest.index.type!r} (manifest), got {found!r}")
     return index
 
 
@@ -270,10 +275,11 @@ def _read_thumbnails(bundle_dir: Path, manifest: Manifest) -> PosterThumbnails:
     return PosterThumbnails(data, offsets)
 
 
-def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
+def load_bundle(bundle_dir: Path, verify: bool = True, mmap: bool = True) -> Bundle:
     """Read and validate a bundle; every failure is a BundleError naming the file(s).
 
-    ``verify=False`` skips only the checksums (the structural checks always run).
+    ``verify=False`` skips only the checksums (the structural checks always run). ``mmap``: the index's
+    vectors are memory-mapped from the file rather than read (bundles are immutable once published).
     """
     raw = read_manifest_bytes(bundle_dir)
     manifest = parse_manifest(raw, str(bundle_dir / MANIFEST))
@@ -282,15 +288,33 @@ def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
         problems += verify_files(bundle_dir, manifest)
     if problems:
         raise BundleError("; ".join(problems))
-    index = _read_index(bundle_dir / INDEX_FILE, manifest)
+    index = _read_index(bundle_dir / INDEX_FILE, manifest, mmap)
     items = _read_items(bundle_dir / ITEMS_FILE, manifest)
     _check_index_ids(index, items, bundle_dir / INDEX_FILE)
     nids = nscores = None
     if manifest.neighbours.k:
         nids, nscores = _read_neighbours(bundle_dir, manifest, items)
     thumbnails = _read_thumbnails(bundle_dir, manifest) if manifest.thumbnails is not None else None
+    whitening = _read_transform(bundle_dir, manifest)
     load_failures(bundle_dir)
-    return Bundle(bundle_dir, manifest, manifest_digest(raw), index, items, nids, nscores, thumbnails)
+    return Bundle(bundle_dir, manifest, manifest_digest(raw), index, items, nids, nscores, thumbnails, whitening)
+
+
+def _read_transform(bundle_dir: Path, manifest: Manifest) -> Whitening | None:
+    info = manifest.transform
+    if info is None:
+        return None
+    if info.out_dim != manifest.dim:
+        raise BundleError(
+            f"{bundle_dir / MANIFEST}: transform.out_dim expected the index dimension {manifest.dim}, "
+            f"got {info.out_dim}"
+        )
+    if manifest.embedder is not None and info.in_dim != manifest.embedder.dim:
+        raise BundleError(
+            f"{bundle_dir / MANIFEST}: transform.in_dim expected the embedder dimension {manifest.embedder.dim}, "
+            f"got {info.in_dim}"
+        )
+    return read_whitening(bundle_dir / info.file, info.in_dim, info.out_dim)
 
 
 def load_failures(bundle_dir: Path) -> pd.DataFrame:

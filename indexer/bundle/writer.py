@@ -41,6 +41,7 @@ from indexer.bundle.reader import Bundle, load_bundle
 from indexer.catalog import ITEM_COLUMNS, Problem
 from indexer.errors import BuildError, BundleError
 from indexer.hashing import file_sha256
+from indexer.transform import TRANSFORM_FILE, Whitening
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class BundleContents:
     neighbour_ids: np.ndarray | None = None
     neighbour_scores: np.ndarray | None = None
     thumbnails: Iterable[bytes | None] | None = None  # one per items row, in order (None: that item has none)
+    whitening: Whitening | None = None  # written as transform.npz when the manifest names a transform
 
 
 def _items_for_csv(items: pd.DataFrame) -> pd.DataFrame:
@@ -128,6 +130,10 @@ def _write_files(staging: Path, contents: BundleContents) -> list[str]:
             update={"thumbnails": contents.manifest.thumbnails.model_copy(update={"count": count})}
         )
         names += [POSTERS_FILE, POSTER_OFFSETS]
+    if contents.whitening is not None:
+        with durable_file(staging / TRANSFORM_FILE) as fh:
+            fh.write(contents.whitening.to_bytes())
+        names.append(TRANSFORM_FILE)
     return names
 
 

@@ -20,7 +20,13 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
-POOLINGS = ("avg", "max", "flatten")
+POOLINGS = ("avg", "max", "gem", "flatten")
+DEFAULT_GEM_P = 3.0  # the generalized mean's usual exponent (Radenović et al.); 1 = avg, large = max
+GEM_P_RANGE = (1.0, 16.0)
+GEM_EPSILON = 1e-6  # activations are clamped to this before the power (ReLU6 outputs may be exactly 0)
+SINGLE_SCALE = (1.0,)
+SCALE_RANGE = (0.25, 4.0)  # relative to the backbone's input size
+MIN_SCALED_SIDE = 32
 RESIZE_POLICIES = ("pad", "stretch", "center-crop")
 # Random-init ("none") weights are drawn from this seeded generator so that the
 # indexer and the server build identical models in different processes.
@@ -36,22 +42,64 @@ class EmbedderSpec:
     pooling: str = "avg"
     resize: str = "pad"
     init_seed: int = DEFAULT_INIT_SEED
+    gem_p: float = DEFAULT_GEM_P  # pooling "gem" only
+    # multi-scale: the input resized to these multiples of the model's input size, one descriptor each
+    # (L2-normalized), averaged. (1.0,): one scale, exactly the single-scale embedding.
+    scales: tuple[float, ...] = SINGLE_SCALE
 
     def validate(self) -> None:
         get_backbone(self.model)
         if self.pooling not in POOLINGS:
             raise ModelError(f"pooling expected one of {POOLINGS}, got {self.pooling!r}")
+        low, high = GEM_P_RANGE
+        if not low <= self.gem_p <= high:
+            raise ModelError(f"gem_p expected {low}..{high}, got {self.gem_p}")
+        low, high = SCALE_RANGE
+        if (
+            not self.scales
+            or any(not low <= s <= high for s in self.scales)
+            or len(set(self.scales)) != len(self.scales)
+        ):
+            raise ModelError(f"scales expected distinct numbers in {low}..{high}, got {list(self.scales)}")
+        if self.pooling == "flatten" and self.scales != SINGLE_SCALE:
+            raise ModelError("pooling 'flatten' has a dimension per input size: multi-scale needs avg, max or gem")
         if self.resize not in RESIZE_POLICIES:
             raise ModelError(f"resize policy expected one of {RESIZE_POLICIES}, got {self.resize!r}")
         if self.weights not in (WEIGHTS_IMAGENET, WEIGHTS_NONE) and not Path(self.weights).is_file():
             raise ModelError(f"weights expected 'imagenet', 'none' or an existing file, got {self.weights!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as the manifest stores it: gem_p only for GeM pooling and scales only when there are several,
+        so single-scale avg/max/flatten specs describe (and fingerprint) exactly as before these options."""
+        data = asdict(self)
+        data.pop("gem_p")
+        data.pop("scales")
+        return {**data, **self.extras()}
+
+    def extras(self) -> dict[str, Any]:
+        """The descriptor options that differ from the single-scale, non-GeM embedding."""
+        extras: dict[str, Any] = {}
+        if self.pooling == "gem":
+            extras["gem_p"] = float(self.gem_p)
+        if tuple(self.scales) != SINGLE_SCALE:
+            extras["scales"] = [float(s) for s in self.scales]
+        return extras
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbedderSpec:
-        return cls(**{k: data[k] for k in ("model", "weights", "pooling", "resize", "init_seed") if k in data})
+        known: dict[str, Any] = {
+            k: data[k] for k in ("model", "weights", "pooling", "resize", "init_seed") if k in data
+        }
+        if data.get("gem_p") is not None:
+            known["gem_p"] = float(data["gem_p"])
+        if data.get("scales") is not None:
+            known["scales"] = tuple(float(s) for s in data["scales"])
+        return cls(**known)
+
+
+def scaled_side(size: int, scale: float) -> int:
+    """The input side of one scale of a multi-scale embedding."""
+    return max(MIN_SCALED_SIDE, round(size * scale))
 
 
 def _seeded_init(model: Any, seed: int) -> None:
@@ -70,6 +118,34 @@ def _seeded_init(model: Any, seed: int) -> None:
             )
             weights[0] = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), kernel.shape).astype(np.float32)
             layer.set_weights(weights)
+
+
+def _pooling_layer(spec: EmbedderSpec) -> Any:
+    import keras
+
+    if spec.pooling == "gem":
+        p = float(spec.gem_p)
+
+        def gem(x: Any) -> Any:  # generalized mean over the spatial axes: (mean x^p)^(1/p)
+            ops = keras.ops
+            return ops.power(ops.mean(ops.power(ops.maximum(x, GEM_EPSILON), p), axis=(1, 2)), 1.0 / p)
+
+        return keras.layers.Lambda(gem, name="gem_pool")
+    return {
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+        "flatten": keras.layers.Flatten,
+    }[spec.pooling](name=f"{spec.pooling}_pool")
+
+
+def _at_side(features: Any, pool: Any, side: int) -> tuple[int, Any]:
+    """The feature model rebuilt for ``side`` x ``side`` inputs with the same weights, plus the pooling."""
+    import keras
+
+    inputs = keras.Input((side, side, 3), name=f"image_{side}")
+    clone = keras.models.clone_model(features, input_tensors=inputs)
+    clone.set_weights(features.get_weights())
+    return side, keras.Model(inputs, pool(clone.output), name=f"{features.name}_{side}")
 
 
 def spec_key(spec: EmbedderSpec) -> str:
@@ -133,20 +209,33 @@ class Embedder:
         features = self.backbone.build(weights)
         if weights is None:
             _seeded_init(features, spec.init_seed)
-        pool = {
-            "avg": keras.layers.GlobalAveragePooling2D,
-            "max": keras.layers.GlobalMaxPooling2D,
-            "flatten": keras.layers.Flatten,
-        }[spec.pooling](name=f"{spec.pooling}_pool")
+        size = self.backbone.input_size
+        pool = _pooling_layer(spec)
         self.model = keras.Model(features.input, pool(features.output), name=f"{spec.model}_{spec.pooling}")
         self.dim = int(self.model.output_shape[-1])
-        size = self.backbone.input_size
         preprocess = self.backbone.preprocess
-        model = self.model
+        scaled = [
+            (size, self.model) if scaled_side(size, s) == size else _at_side(features, pool, scaled_side(size, s))
+            for s in spec.scales
+        ]
+        self.sides = tuple(side for side, _ in scaled)
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], reduce_retracing=True)
         def _forward(batch):
-            return model(preprocess(tf.cast(batch, tf.float32)), training=False)
+            pixels = tf.cast(batch, tf.float32)
+            if len(scaled) == 1 and scaled[0][0] == size:
+                return scaled[0][1](preprocess(pixels), training=False)
+            descriptors = [
+                tf.math.l2_normalize(
+                    model(
+                        preprocess(pixels if side == size else tf.image.resize(pixels, (side, side), antialias=True)),
+                        training=False,
+                    ),
+                    axis=1,
+                )
+                for side, model in scaled
+            ]
+            return tf.add_n(descriptors) / len(descriptors)
 
         self._forward = _forward
         self.fingerprint = self._fingerprint()
@@ -173,6 +262,7 @@ class Embedder:
             "preprocessing": self.backbone.preprocessing,
             "dim": self.dim,
             "keras": keras.__version__.split(".")[0],
+            **self.spec.extras(),  # absent for single-scale avg/max/flatten: their fingerprints are unchanged
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 

@@ -22,6 +22,7 @@ COMPARE_EPILOG = """examples:
       --pattern '{tmdbId}.jpg' --out reports/compare                  # efficientnet_lite0 variants (offline)
   posters-index compare ... --models vgg16,resnet50,inception_v3 --poolings avg --resizes pad,stretch
   posters-index compare ... --config model=efficientnet_lite0,pooling=max --config model=vgg16,pooling=flatten
+  posters-index compare ... --config pooling=avg --config pooling=gem,gem_p=3 --config pooling=avg,whiten=1
 """
 
 
@@ -198,14 +199,16 @@ def add_subcommands(sub: Any) -> None:
     src.add_argument("--pattern", default="{movieId}", help="poster file name pattern, e.g. '{tmdbId}.jpg'")
     cfg = c.add_argument_group(
         "configurations (--config repeated, or the grid --models x --poolings x --resizes; "
-        "default: efficientnet_lite0 avg/pad, max/pad, avg/stretch, avg/center-crop)"
+        "default: efficientnet_lite0 avg, max, gem, avg at scales 1+0.75 and avg whitened (all pad), "
+        "avg/stretch, avg/center-crop)"
     )
     cfg.add_argument(
         "--config",
         action="append",
         default=[],
         metavar="KEY=VALUE,...",
-        help="one configuration over EmbedderSpec fields, e.g. model=vgg16,pooling=max,resize=stretch",
+        help="one configuration over EmbedderSpec fields and the whitening options, e.g. "
+        "model=vgg16,pooling=max,resize=stretch or pooling=gem,gem_p=4,scales=1+0.75,whiten=1,whiten_dim=256",
     )
     cfg.add_argument("--models", type=_csv_list, help="comma-separated models for the grid")
     cfg.add_argument("--poolings", type=_csv_list, default=["avg"], help="comma-separated poolings for the grid")
@@ -284,7 +287,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         import dataclasses
 
-        specs = tuple(dataclasses.replace(s, weights=weights) if weights else s for s in DEFAULT_SPECS)
+        specs = tuple(
+            dataclasses.replace(v, spec=dataclasses.replace(v.spec, weights=weights)) if weights else v
+            for v in DEFAULT_SPECS
+        )
     catalog = CatalogConfig(
         posters_dir=args.posters, movies_csv=args.movies, links_csv=args.links, pattern=args.pattern
     )

@@ -1,6 +1,7 @@
 """``posters-index compare``: the same catalog under several embedding configurations, side by side.
 
-For each configuration (model x weights x pooling x resize policy x any other ``EmbedderSpec`` field) a
+For each configuration (model x weights x pooling x resize policy x any other ``EmbedderSpec`` field, plus
+the optional whitening: ``whiten``, ``whiten_dim``, ``whiten_shrinkage``) a
 bundle is built into ``OUT/bundles/<name>`` (embeddings come from one shared cache, ``OUT/cache``, so a
 rerun embeds nothing), evaluated with the same seed and options (``OUT/eval/<name>``), and its
 embedding throughput measured. Writes compare.json, compare.md and bar charts.
@@ -25,16 +26,31 @@ from indexer.quality.bundle_view import open_bundle
 from indexer.quality.evaluate import EvalConfig, evaluate
 from indexer.quality.query_path import embed_image_bytes
 from indexer.quality.report import md_table, write_json
+from indexer.transform import WhitenSpec
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration: how posters become vectors (the embedder) and the optional whitening after it."""
+
+    spec: EmbedderSpec
+    whiten: WhitenSpec = field(default_factory=WhitenSpec)
+
+
 # Offline, only efficientnet_lite0 has real weights: compare its descriptor variants.
 DEFAULT_SPECS = (
-    EmbedderSpec(pooling="avg", resize="pad"),
-    EmbedderSpec(pooling="max", resize="pad"),
-    EmbedderSpec(pooling="avg", resize="stretch"),
-    EmbedderSpec(pooling="avg", resize="center-crop"),
+    Variant(EmbedderSpec(pooling="avg", resize="pad")),
+    Variant(EmbedderSpec(pooling="max", resize="pad")),
+    Variant(EmbedderSpec(pooling="gem", resize="pad")),
+    Variant(EmbedderSpec(pooling="avg", resize="pad", scales=(1.0, 0.75))),
+    Variant(EmbedderSpec(pooling="avg", resize="pad"), WhitenSpec(enabled=True)),
+    Variant(EmbedderSpec(pooling="avg", resize="stretch")),
+    Variant(EmbedderSpec(pooling="avg", resize="center-crop")),
 )
+WHITEN_FIELDS = ("whiten", "whiten_dim", "whiten_shrinkage")
+SCALE_SEPARATOR = "+"  # scales=1+0.75 (the comma separates fields)
 DEFAULT_THROUGHPUT_IMAGES = 64
 DEFAULT_NEIGHBOURS = 100
 FLOAT32_BYTES = 4
@@ -57,7 +73,7 @@ CHART_METRICS = (
 class CompareConfig:
     catalog: CatalogConfig
     out: Path
-    specs: tuple[EmbedderSpec, ...] = DEFAULT_SPECS
+    specs: tuple[Variant, ...] = DEFAULT_SPECS
     index: IndexSpec = field(default_factory=IndexSpec)
     neighbours_k: int = DEFAULT_NEIGHBOURS
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(root=Path(".")))  # root/out are set per config
@@ -67,42 +83,77 @@ class CompareConfig:
     eval_charts: bool = False  # each configuration's own eval charts too (eval.json/eval.md are always written)
 
 
-def parse_spec(text: str, weights: str | None = None) -> EmbedderSpec:
-    """``model=vgg16,pooling=max,resize=stretch`` (any EmbedderSpec field) -> a validated spec."""
+def _spec_value(key: str, value: str) -> Any:
+    try:
+        if key == "init_seed":
+            return int(value)
+        if key == "gem_p":
+            return float(value)
+        if key == "scales":
+            return tuple(float(v) for v in value.split(SCALE_SEPARATOR))
+    except ValueError:
+        raise QualityError(f"configuration {key} expected a number (scales: 1+0.75), got {value!r}") from None
+    return value
+
+
+def _whiten_spec(values: dict[str, str]) -> WhitenSpec:
+    try:
+        enabled = values.get("whiten", "0").lower() in ("1", "true", "yes", "on")
+        dim = int(values["whiten_dim"]) if "whiten_dim" in values else None
+        shrinkage = float(values["whiten_shrinkage"]) if "whiten_shrinkage" in values else WhitenSpec().shrinkage
+    except ValueError as exc:
+        raise QualityError(f"configuration whitening options expected numbers: {exc}") from None
+    return WhitenSpec(enabled=enabled or dim is not None, dim=dim, shrinkage=shrinkage)
+
+
+def parse_spec(text: str, weights: str | None = None) -> Variant:
+    """``model=vgg16,pooling=gem,gem_p=4,scales=1+0.75,whiten=1,whiten_dim=256`` (any EmbedderSpec field and
+    the whitening options) -> a validated configuration."""
     values: dict[str, Any] = {}
+    whiten: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
+        if sep and key in WHITEN_FIELDS:
+            whiten[key] = value
+            continue
         if not sep or key not in SPEC_FIELDS:
-            raise QualityError(f"configuration expected key=value pairs over {', '.join(SPEC_FIELDS)}, got {part!r}")
-        values[key] = int(value) if key == "init_seed" else value
+            allowed = ", ".join((*SPEC_FIELDS, *WHITEN_FIELDS))
+            raise QualityError(f"configuration expected key=value pairs over {allowed}, got {part!r}")
+        values[key] = _spec_value(key, value)
     if weights is not None and "weights" not in values:
         values["weights"] = weights
     spec = EmbedderSpec(**values)
     spec.validate()
-    return spec
+    variant = Variant(spec, _whiten_spec(whiten))
+    variant.whiten.validate()
+    return variant
 
 
 def grid_specs(
     models: Sequence[str], poolings: Sequence[str], resizes: Sequence[str], weights: str
-) -> tuple[EmbedderSpec, ...]:
+) -> tuple[Variant, ...]:
     specs = tuple(
         EmbedderSpec(model=m, weights=weights, pooling=p, resize=r) for m in models for p in poolings for r in resizes
     )
     for s in specs:
         s.validate()
-    return specs
+    return tuple(Variant(s) for s in specs)
 
 
-def spec_name(spec: EmbedderSpec) -> str:
+def spec_name(variant: Variant) -> str:
     """A folder-safe name listing the fields that identify the configuration."""
-    default = EmbedderSpec()
+    spec = variant.spec
     parts = [str(getattr(spec, f)) for f in NAME_FIELDS]
     parts[1] = Path(parts[1]).stem if parts[1] not in ("imagenet", "none") else parts[1]
+    extras = {**spec.to_dict(), "init_seed": spec.init_seed}
+    default = EmbedderSpec().to_dict()
     parts += [
-        f"{f}{getattr(spec, f)}"
-        for f in SPEC_FIELDS
-        if f not in NAME_FIELDS and getattr(spec, f) != getattr(default, f)
+        f"{f}{SCALE_SEPARATOR.join(f'{v:g}' for v in value) if isinstance(value, list) else value}"
+        for f, value in extras.items()
+        if f not in NAME_FIELDS and value != default.get(f)
     ]
+    if variant.whiten.enabled:
+        parts.append(f"whiten{variant.whiten.dim or ''}s{variant.whiten.shrinkage:g}")
     return "-".join(p.replace("/", "_") for p in parts)
 
 
@@ -119,8 +170,9 @@ def measure_throughput(embedder: Embedder, files: Sequence[Path], batch_size: in
 
 
 def _row(
-    name: str, spec: EmbedderSpec, report: Any, payload: dict[str, Any], images_per_second: float, index_bytes: int
+    name: str, variant: Variant, report: Any, payload: dict[str, Any], images_per_second: float, index_bytes: int
 ) -> dict[str, Any]:
+    spec = variant.spec
     m, t = payload["metrics"], payload["timings"]
     copy, genres, col = m["copy_detection"], m["genres"], m["collections"]
     stored: dict[str, Any] = next((p for p in m["fidelity"].get("curve", []) if p.get("stored")), {})
@@ -128,6 +180,9 @@ def _row(
     row: dict[str, Any] = {
         "config": name,
         **{f: getattr(spec, f) for f in NAME_FIELDS},
+        "gem_p": spec.gem_p if spec.pooling == "gem" else None,
+        "scales": list(spec.scales),
+        "whiten": variant.whiten.enabled,
         "dim": dim,
         "bytes_per_vector": dim * FLOAT32_BYTES,
         "index_bytes_per_item": index_bytes / max(1, payload["bundle"]["item_count"]),
@@ -177,8 +232,9 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         raise QualityError(f"compare expected distinct configurations, got {names}")
     cache = config.out / "cache" / "embeddings.sqlite"
     rows, evals = [], {}
-    for name, spec in zip(names, config.specs, strict=True):
+    for name, variant in zip(names, config.specs, strict=True):
         log.info("configuration %s", name)
+        spec = variant.spec
         embedder = Embedder(spec)
         root = config.out / "bundles" / name
         report = build(
@@ -190,6 +246,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                 pipeline=PipelineConfig(batch_size=config.batch_size, progress=False),
                 neighbours_k=config.neighbours_k,
                 cache_path=cache,
+                whiten=variant.whiten,
             ),
             embedder=embedder,
         )
@@ -206,7 +263,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         payload = evaluate(eval_config, embedder=embedder)
         evals[name] = payload["out"]
         index_bytes = (report.path / "index.faiss").stat().st_size
-        rows.append(_row(name, spec, report, payload, rate, index_bytes))
+        rows.append(_row(name, variant, report, payload, rate, index_bytes))
         del embedder, bundle
         gc.collect()
     result = {

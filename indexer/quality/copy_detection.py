@@ -116,7 +116,7 @@ def answer_queries(
             found[:, : ids.shape[1]] = ids
             cosines = np.einsum("ij,ij->i", vectors, data.vectors[originals])
             return _Answers(vectors, found, cosines, np.ones(n, np.int64), np.zeros(n, np.int64))
-        vectors = np.zeros((n, query.embedder.dim), np.float32)
+        vectors = np.zeros((n, query.dim), np.float32)
         cosines = np.zeros(n, np.float32)
         windows = np.ones(n, np.int64)
         matched = np.zeros(n, np.int64)

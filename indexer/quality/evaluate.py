@@ -274,7 +274,7 @@ def evaluate(config: EvalConfig, embedder: Embedder | None = None, loaded: Loade
         t = time.perf_counter()
         embedder = query_embedder(facts, embedder)
         seconds["model"] = time.perf_counter() - t
-        query = query_image(embedder)
+        query = query_image(embedder, whitening=data.bundle.whitening)
         query_path = describe_query_path(query, config.query_mode, config.batch_size)
         t = time.perf_counter()
         copies = make_copy_queries(data, query, config)

@@ -19,18 +19,19 @@ from indexer.images import DecodeConfig
 from indexer.quality import QualityError
 from indexer.quality.bundle_view import BundleFacts
 from indexer.query_image import QueryImage, QueryImageConfig, QueryMode
+from indexer.transform import Whitening
 
 QUERY_PATH_STEPS = (
     "indexer.images.decode_image(bundle resize policy, model input size)",
-    "indexer.embedders.Embedder.embed (bundle model, weights, pooling)",
-    "L2 normalize",
+    "indexer.embedders.Embedder.embed (bundle model, weights, pooling, scales)",
+    "L2 normalize (then the bundle's whitening and L2 normalize again, when it has one)",
     "FAISS index search at the bundle's stored nprobe",
 )
 LOCATE_STEPS = (
     "indexer.images.decode_image(bundle resize policy, model input size): the whole-image window",
     "indexer.localise.propose (edges -> convex quadrilaterals) + rectify (homography): candidate windows",
-    "every window through the same resize policy, embedded in one model call (bundle model, weights, pooling)",
-    "L2 normalize",
+    "every window through the same resize policy, embedded in one model call (bundle model, weights, pooling, scales)",
+    "L2 normalize (then the bundle's whitening and L2 normalize again, when it has one)",
     "FAISS index search of every window at the bundle's stored nprobe",
     "max fusion of the windows' results (indexer.query_image.fuse_max)",
 )
@@ -53,9 +54,12 @@ def query_embedder(facts: BundleFacts, embedder: Embedder | None = None) -> Embe
     return embedder
 
 
-def query_image(embedder: Embedder, config: QueryImageConfig | None = None) -> QueryImage:
-    """The image-query path of a bundle built with ``embedder`` (default decode limits)."""
-    return QueryImage(embedder, DecodeConfig(size=embedder.input_size, resize=embedder.spec.resize), config)
+def query_image(
+    embedder: Embedder, config: QueryImageConfig | None = None, whitening: Whitening | None = None
+) -> QueryImage:
+    """The image-query path of a bundle built with ``embedder`` (default decode limits) and, when the bundle has
+    one, its whitening."""
+    return QueryImage(embedder, DecodeConfig(size=embedder.input_size, resize=embedder.spec.resize), config, whitening)
 
 
 def embed_image_bytes(embedder: Embedder, images: Sequence[bytes]) -> np.ndarray:

@@ -27,17 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18posters/v1/posters.proto\x12\nposters.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xbf\x01\n\rSearchOptions\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x15\n\rcandidate_ids\x18\x02 \x03(\x03\x12\x13\n\x0b\x65xclude_ids\x18\x03 \x03(\x03\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06nprobe\x18\x05 \x01(\x05\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\x12\"\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x12.posters.v1.Filter\x12\x0e\n\x06strict\x18\x08 \x01(\x08\x42\x0c\n\n_min_score\"\xdc\x01\n\x06\x46ilter\x12\x12\n\ngenres_any\x18\x01 \x03(\t\x12\x12\n\ngenres_all\x18\x02 \x03(\t\x12\x13\n\x0bgenres_none\x18\x03 \x03(\t\x12\x15\n\x08year_min\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\x08year_max\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0bmin_ratings\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x11\n\tallow_ids\x18\x07 \x03(\x03\x12\x10\n\x08\x64\x65ny_ids\x18\x08 \x03(\x03\x42\x0b\n\t_year_minB\x0b\n\t_year_maxB\x0e\n\x0c_min_ratings\"S\n\x14SimilarToItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.posters.v1.SearchOptions\"?\n\x0cWeightedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x13\n\x06weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\t\n\x07_weight\"\x9b\x01\n\x15SimilarToItemsRequest\x12*\n\x08positive\x18\x01 \x03(\x0b\x32\x18.posters.v1.WeightedItem\x12*\n\x08negative\x18\x02 \x03(\x0b\x32\x18.posters.v1.WeightedItem\x12*\n\x07options\x18\x03 \x01(\x0b\x32\x19.posters.v1.SearchOptions\"S\n\x15SearchByVectorRequest\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.posters.v1.SearchOptions\"{\n\x14SearchByImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.posters.v1.SearchOptions\x12(\n\x04mode\x18\x03 \x01(\x0e\x32\x1a.posters.v1.ImageQueryMode\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x05\x12\n\n\x02y0\x18\x02 \x01(\x05\x12\n\n\x02x1\x18\x03 \x01(\x05\x12\n\n\x02y1\x18\x04 \x01(\x05\"\xde\x01\n\x05Query\x12\x30\n\x04item\x18\x01 \x01(\x0b\x32 .posters.v1.SimilarToItemRequestH\x00\x12\x32\n\x05items\x18\x02 \x01(\x0b\x32!.posters.v1.SimilarToItemsRequestH\x00\x12\x33\n\x06vector\x18\x03 \x01(\x0b\x32!.posters.v1.SearchByVectorRequestH\x00\x12\x31\n\x05image\x18\x04 \x01(\x0b\x32 .posters.v1.SearchByImageRequestH\x00\x42\x07\n\x05query\"8\n\x12\x42\x61tchSearchRequest\x12\"\n\x07queries\x18\x01 \x03(\x0b\x32\x11.posters.v1.Query\"\x80\x01\n\x13\x42\x61tchSearchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.posters.v1.SearchResponse\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12$\n\x08statuses\x18\x03 \x03(\x0b\x32\x12.google.rpc.Status\"\xc3\x01\n\x08Neighbor\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0e\n\x06genres\x18\x04 \x03(\t\x12\x0e\n\x06poster\x18\x05 \x01(\t\x12\x0f\n\x07imdb_id\x18\x06 \x01(\x03\x12\x0f\n\x07tmdb_id\x18\x07 \x01(\x03\x12\x0c\n\x04year\x18\x08 \x01(\x05\x12\x14\n\x0crating_count\x18\t \x01(\x03\x12\"\n\tquery_box\x18\n \x01(\x0b\x32\x0f.posters.v1.Box\"u\n\x0eSearchResponse\x12\'\n\tneighbors\x18\x01 \x03(\x0b\x32\x14.posters.v1.Neighbor\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\r\n\x05\x65xact\x18\x03 \x01(\x08\x12\x13\n\x0bmissing_ids\x18\x04 \x03(\x03\"W\n\x10\x46indItemsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x8c\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x0e\n\x06poster\x18\x04 \x01(\t\x12\x0f\n\x07imdb_id\x18\x05 \x01(\x03\x12\x0f\n\x07tmdb_id\x18\x06 \x01(\x03\x12\x0c\n\x04year\x18\x07 \x01(\x05\x12\x14\n\x0crating_count\x18\x08 \x01(\x03\"t\n\x11\x46indItemsResponse\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.posters.v1.Item\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x05\"3\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06strict\x18\x02 \x01(\x08\"`\n\x10GetItemsResponse\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.posters.v1.Item\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x13\n\x0bmissing_ids\x18\x03 \x03(\x03\"%\n\x11GetPostersRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\"F\n\x06Poster\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x0c\n\x04jpeg\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"f\n\x12GetPostersResponse\x12#\n\x07posters\x18\x01 \x03(\x0b\x32\x12.posters.v1.Poster\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\x03\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\"\x15\n\x13GetIndexInfoRequest\"\xf0\x05\n\tIndexInfo\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x12\n\nindex_type\x18\x04 \x01(\t\x12\x12\n\nitem_count\x18\x05 \x01(\x03\x12\x15\n\rfailure_count\x18\x06 \x01(\x03\x12\x16\n\x0e\x64\x65\x66\x61ult_nprobe\x18\x07 \x01(\x05\x12\x19\n\x11neighbour_table_k\x18\x08 \x01(\x05\x12\r\n\x05max_k\x18\t \x01(\x05\x12\x11\n\tmax_batch\x18\n \x01(\x05\x12\x17\n\x0fmax_image_bytes\x18\x0b \x01(\x03\x12\x18\n\x10max_image_pixels\x18\x0c \x01(\x03\x12\x14\n\x0cimage_search\x18\r \x01(\x08\x12\x11\n\tloaded_at\x18\x0e \x01(\x01\x12\x15\n\rmanifest_json\x18\x0f \x01(\t\x12\x17\n\x0f\x64\x65sired_version\x18\x10 \x01(\t\x12\x17\n\x0freload_failures\x18\x11 \x01(\x03\x12\x19\n\x11last_reload_error\x18\x12 \x01(\t\x12\x1f\n\x17previous_bundle_version\x18\x13 \x01(\t\x12\x16\n\x0eprevious_model\x18\x14 \x01(\t\x12\x1a\n\x12previous_dimension\x18\x15 \x01(\x05\x12)\n\nindex_kind\x18\x16 \x01(\x0e\x32\x15.posters.v1.IndexKind\x12/\n\x0bloaded_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06genres\x18\x18 \x03(\t\x12\x10\n\x08year_min\x18\x19 \x01(\x05\x12\x10\n\x08year_max\x18\x1a \x01(\x05\x12\x13\n\x0bhas_ratings\x18\x1b \x01(\x08\x12\x13\n\x0bhas_posters\x18\x1c \x01(\x08\x12\x13\n\x0bmax_posters\x18\x1d \x01(\x05\x12\x17\n\x0fthumbnail_width\x18\x1e \x01(\x05\x12\x18\n\x10thumbnail_height\x18\x1f \x01(\x05*\x86\x01\n\x0eImageQueryMode\x12 \n\x1cIMAGE_QUERY_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16IMAGE_QUERY_MODE_WHOLE\x10\x01\x12\x1b\n\x17IMAGE_QUERY_MODE_LOCATE\x10\x02\x12\x19\n\x15IMAGE_QUERY_MODE_AUTO\x10\x03*P\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINDEX_KIND_FLAT\x10\x01\x12\x12\n\x0eINDEX_KIND_IVF\x10\x02\x32\xc8\x05\n\x10PosterSimilarity\x12M\n\rSimilarToItem\x12 .posters.v1.SimilarToItemRequest\x1a\x1a.posters.v1.SearchResponse\x12O\n\x0eSimilarToItems\x12!.posters.v1.SimilarToItemsRequest\x1a\x1a.posters.v1.SearchResponse\x12O\n\x0eSearchByVector\x12!.posters.v1.SearchByVectorRequest\x1a\x1a.posters.v1.SearchResponse\x12M\n\rSearchByImage\x12 .posters.v1.SearchByImageRequest\x1a\x1a.posters.v1.SearchResponse\x12N\n\x0b\x42\x61tchSearch\x12\x1e.posters.v1.BatchSearchRequest\x1a\x1f.posters.v1.BatchSearchResponse\x12H\n\tFindItems\x12\x1c.posters.v1.FindItemsRequest\x1a\x1d.posters.v1.FindItemsResponse\x12\x45\n\x08GetItems\x12\x1b.posters.v1.GetItemsRequest\x1a\x1c.posters.v1.GetItemsResponse\x12\x46\n\x0cGetIndexInfo\x12\x1f.posters.v1.GetIndexInfoRequest\x1a\x15.posters.v1.IndexInfo\x12K\n\nGetPosters\x12\x1d.posters.v1.GetPostersRequest\x1a\x1e.posters.v1.GetPostersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18posters/v1/posters.proto\x12\nposters.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xbf\x01\n\rSearchOptions\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x15\n\rcandidate_ids\x18\x02 \x03(\x03\x12\x13\n\x0b\x65xclude_ids\x18\x03 \x03(\x03\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06nprobe\x18\x05 \x01(\x05\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\x12\"\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x12.posters.v1.Filter\x12\x0e\n\x06strict\x18\x08 \x01(\x08\x42\x0c\n\n_min_score\"\xdc\x01\n\x06\x46ilter\x12\x12\n\ngenres_any\x18\x01 \x03(\t\x12\x12\n\ngenres_all\x18\x02 \x03(\t\x12\x13\n\x0bgenres_none\x18\x03 \x03(\t\x12\x15\n\x08year_min\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\x08year_max\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0bmin_ratings\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x11\n\tallow_ids\x18\x07 \x03(\x03\x12\x10\n\x08\x64\x65ny_ids\x18\x08 \x03(\x03\x42\x0b\n\t_year_minB\x0b\n\t_year_maxB\x0e\n\x0c_min_ratings\"S\n\x14SimilarToItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.posters.v1.SearchOptions\"?\n\x0cWeightedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x13\n\x06weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\t\n\x07_weight\"\x9b\x01\n\x15SimilarToItemsRequest\x12*\n\x08positive\x18\x01 \x03(\x0b\x32\x18.posters.v1.WeightedItem\x12*\n\x08negative\x18\x02 \x03(\x0b\x32\x18.posters.v1.WeightedItem\x12*\n\x07options\x18\x03 \x01(\x0b\x32\x19.posters.v1.SearchOptions\"i\n\x15SearchByVectorRequest\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.posters.v1.SearchOptions\x12\x14\n\x0cvector_f32le\x18\x03 \x01(\x0c\"{\n\x14SearchByImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.posters.v1.SearchOptions\x12(\n\x04mode\x18\x03 \x01(\x0e\x32\x1a.posters.v1.ImageQueryMode\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x05\x12\n\n\x02y0\x18\x02 \x01(\x05\x12\n\n\x02x1\x18\x03 \x01(\x05\x12\n\n\x02y1\x18\x04 \x01(\x05\"\xde\x01\n\x05Query\x12\x30\n\x04item\x18\x01 \x01(\x0b\x32 .posters.v1.SimilarToItemRequestH\x00\x12\x32\n\x05items\x18\x02 \x01(\x0b\x32!.posters.v1.SimilarToItemsRequestH\x00\x12\x33\n\x06vector\x18\x03 \x01(\x0b\x32!.posters.v1.SearchByVectorRequestH\x00\x12\x31\n\x05image\x18\x04 \x01(\x0b\x32 .posters.v1.SearchByImageRequestH\x00\x42\x07\n\x05query\"8\n\x12\x42\x61tchSearchRequest\x12\"\n\x07queries\x18\x01 \x03(\x0b\x32\x11.posters.v1.Query\"\x80\x01\n\x13\x42\x61tchSearchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.posters.v1.SearchResponse\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12$\n\x08statuses\x18\x03 \x03(\x0b\x32\x12.google.rpc.Status\"\xc3\x01\n\x08Neighbor\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0e\n\x06genres\x18\x04 \x03(\t\x12\x0e\n\x06poster\x18\x05 \x01(\t\x12\x0f\n\x07imdb_id\x18\x06 \x01(\x03\x12\x0f\n\x07tmdb_id\x18\x07 \x01(\x03\x12\x0c\n\x04year\x18\x08 \x01(\x05\x12\x14\n\x0crating_count\x18\t \x01(\x03\x12\"\n\tquery_box\x18\n \x01(\x0b\x32\x0f.posters.v1.Box\"u\n\x0eSearchResponse\x12\'\n\tneighbors\x18\x01 \x03(\x0b\x32\x14.posters.v1.Neighbor\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\r\n\x05\x65xact\x18\x03 \x01(\x08\x12\x13\n\x0bmissing_ids\x18\x04 \x03(\x03\"W\n\x10\x46indItemsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x8c\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x0e\n\x06poster\x18\x04 \x01(\t\x12\x0f\n\x07imdb_id\x18\x05 \x01(\x03\x12\x0f\n\x07tmdb_id\x18\x06 \x01(\x03\x12\x0c\n\x04year\x18\x07 \x01(\x05\x12\x14\n\x0crating_count\x18\x08 \x01(\x03\"t\n\x11\x46indItemsResponse\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.posters.v1.Item\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x05\"3\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06strict\x18\x02 \x01(\x08\"`\n\x10GetItemsResponse\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.posters.v1.Item\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x13\n\x0bmissing_ids\x18\x03 \x03(\x03\"%\n\x11GetPostersRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\"F\n\x06Poster\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x0c\n\x04jpeg\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"f\n\x12GetPostersResponse\x12#\n\x07posters\x18\x01 \x03(\x0b\x32\x12.posters.v1.Poster\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\x03\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\"\x15\n\x13GetIndexInfoRequest\"\x9f\x06\n\tIndexInfo\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x12\n\nindex_type\x18\x04 \x01(\t\x12\x12\n\nitem_count\x18\x05 \x01(\x03\x12\x15\n\rfailure_count\x18\x06 \x01(\x03\x12\x16\n\x0e\x64\x65\x66\x61ult_nprobe\x18\x07 \x01(\x05\x12\x19\n\x11neighbour_table_k\x18\x08 \x01(\x05\x12\r\n\x05max_k\x18\t \x01(\x05\x12\x11\n\tmax_batch\x18\n \x01(\x05\x12\x17\n\x0fmax_image_bytes\x18\x0b \x01(\x03\x12\x18\n\x10max_image_pixels\x18\x0c \x01(\x03\x12\x14\n\x0cimage_search\x18\r \x01(\x08\x12\x11\n\tloaded_at\x18\x0e \x01(\x01\x12\x15\n\rmanifest_json\x18\x0f \x01(\t\x12\x17\n\x0f\x64\x65sired_version\x18\x10 \x01(\t\x12\x17\n\x0freload_failures\x18\x11 \x01(\x03\x12\x19\n\x11last_reload_error\x18\x12 \x01(\t\x12\x1f\n\x17previous_bundle_version\x18\x13 \x01(\t\x12\x16\n\x0eprevious_model\x18\x14 \x01(\t\x12\x1a\n\x12previous_dimension\x18\x15 \x01(\x05\x12)\n\nindex_kind\x18\x16 \x01(\x0e\x32\x15.posters.v1.IndexKind\x12/\n\x0bloaded_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06genres\x18\x18 \x03(\t\x12\x10\n\x08year_min\x18\x19 \x01(\x05\x12\x10\n\x08year_max\x18\x1a \x01(\x05\x12\x13\n\x0bhas_ratings\x18\x1b \x01(\x08\x12\x13\n\x0bhas_posters\x18\x1c \x01(\x08\x12\x13\n\x0bmax_posters\x18\x1d \x01(\x05\x12\x17\n\x0fthumbnail_width\x18\x1e \x01(\x05\x12\x18\n\x10thumbnail_height\x18\x1f \x01(\x05\x12\x12\n\nprocess_id\x18  \x01(\x05\x12\x19\n\x11process_rss_bytes\x18! \x01(\x03*\x86\x01\n\x0eImageQueryMode\x12 \n\x1cIMAGE_QUERY_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16IMAGE_QUERY_MODE_WHOLE\x10\x01\x12\x1b\n\x17IMAGE_QUERY_MODE_LOCATE\x10\x02\x12\x19\n\x15IMAGE_QUERY_MODE_AUTO\x10\x03*P\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINDEX_KIND_FLAT\x10\x01\x12\x12\n\x0eINDEX_KIND_IVF\x10\x02\x32\xc8\x05\n\x10PosterSimilarity\x12M\n\rSimilarToItem\x12 .posters.v1.SimilarToItemRequest\x1a\x1a.posters.v1.SearchResponse\x12O\n\x0eSimilarToItems\x12!.posters.v1.SimilarToItemsRequest\x1a\x1a.posters.v1.SearchResponse\x12O\n\x0eSearchByVector\x12!.posters.v1.SearchByVectorRequest\x1a\x1a.posters.v1.SearchResponse\x12M\n\rSearchByImage\x12 .posters.v1.SearchByImageRequest\x1a\x1a.posters.v1.SearchResponse\x12N\n\x0b\x42\x61tchSearch\x12\x1e.posters.v1.BatchSearchRequest\x1a\x1f.posters.v1.BatchSearchResponse\x12H\n\tFindItems\x12\x1c.posters.v1.FindItemsRequest\x1a\x1d.posters.v1.FindItemsResponse\x12\x45\n\x08GetItems\x12\x1b.posters.v1.GetItemsRequest\x1a\x1c.posters.v1.GetItemsResponse\x12\x46\n\x0cGetIndexInfo\x12\x1f.posters.v1.GetIndexInfoRequest\x1a\x15.posters.v1.IndexInfo\x12K\n\nGetPosters\x12\x1d.posters.v1.GetPostersRequest\x1a\x1e.posters.v1.GetPostersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'posters.v1.posters_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEQUERYMODE']._serialized_start=3314
-  _globals['_IMAGEQUERYMODE']._serialized_end=3448
-  _globals['_INDEXKIND']._serialized_start=3450
-  _globals['_INDEXKIND']._serialized_end=3530
+  _globals['_IMAGEQUERYMODE']._serialized_start=3383
+  _globals['_IMAGEQUERYMODE']._serialized_end=3517
+  _globals['_INDEXKIND']._serialized_start=3519
+  _globals['_INDEXKIND']._serialized_end=3599
   _globals['_SEARCHOPTIONS']._serialized_start=99
   _globals['_SEARCHOPTIONS']._serialized_end=290
   _globals['_FILTER']._serialized_start=293
@@ -49,41 +49,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIMILARTOITEMSREQUEST']._serialized_start=666
   _globals['_SIMILARTOITEMSREQUEST']._serialized_end=821
   _globals['_SEARCHBYVECTORREQUEST']._serialized_start=823
-  _globals['_SEARCHBYVECTORREQUEST']._serialized_end=906
-  _globals['_SEARCHBYIMAGEREQUEST']._serialized_start=908
-  _globals['_SEARCHBYIMAGEREQUEST']._serialized_end=1031
-  _globals['_BOX']._serialized_start=1033
-  _globals['_BOX']._serialized_end=1086
-  _globals['_QUERY']._serialized_start=1089
-  _globals['_QUERY']._serialized_end=1311
-  _globals['_BATCHSEARCHREQUEST']._serialized_start=1313
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=1369
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1372
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1500
-  _globals['_NEIGHBOR']._serialized_start=1503
-  _globals['_NEIGHBOR']._serialized_end=1698
-  _globals['_SEARCHRESPONSE']._serialized_start=1700
-  _globals['_SEARCHRESPONSE']._serialized_end=1817
-  _globals['_FINDITEMSREQUEST']._serialized_start=1819
-  _globals['_FINDITEMSREQUEST']._serialized_end=1906
-  _globals['_ITEM']._serialized_start=1909
-  _globals['_ITEM']._serialized_end=2049
-  _globals['_FINDITEMSRESPONSE']._serialized_start=2051
-  _globals['_FINDITEMSRESPONSE']._serialized_end=2167
-  _globals['_GETITEMSREQUEST']._serialized_start=2169
-  _globals['_GETITEMSREQUEST']._serialized_end=2220
-  _globals['_GETITEMSRESPONSE']._serialized_start=2222
-  _globals['_GETITEMSRESPONSE']._serialized_end=2318
-  _globals['_GETPOSTERSREQUEST']._serialized_start=2320
-  _globals['_GETPOSTERSREQUEST']._serialized_end=2357
-  _globals['_POSTER']._serialized_start=2359
-  _globals['_POSTER']._serialized_end=2429
-  _globals['_GETPOSTERSRESPONSE']._serialized_start=2431
-  _globals['_GETPOSTERSRESPONSE']._serialized_end=2533
-  _globals['_GETINDEXINFOREQUEST']._serialized_start=2535
-  _globals['_GETINDEXINFOREQUEST']._serialized_end=2556
-  _globals['_INDEXINFO']._serialized_start=2559
-  _globals['_INDEXINFO']._serialized_end=3311
-  _globals['_POSTERSIMILARITY']._serialized_start=3533
-  _globals['_POSTERSIMILARITY']._serialized_end=4245
+  _globals['_SEARCHBYVECTORREQUEST']._serialized_end=928
+  _globals['_SEARCHBYIMAGEREQUEST']._serialized_start=930
+  _globals['_SEARCHBYIMAGEREQUEST']._serialized_end=1053
+  _globals['_BOX']._serialized_start=1055
+  _globals['_BOX']._serialized_end=1108
+  _globals['_QUERY']._serialized_start=1111
+  _globals['_QUERY']._serialized_end=1333
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=1335
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=1391
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1394
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1522
+  _globals['_NEIGHBOR']._serialized_start=1525
+  _globals['_NEIGHBOR']._serialized_end=1720
+  _globals['_SEARCHRESPONSE']._serialized_start=1722
+  _globals['_SEARCHRESPONSE']._serialized_end=1839
+  _globals['_FINDITEMSREQUEST']._serialized_start=1841
+  _globals['_FINDITEMSREQUEST']._serialized_end=1928
+  _globals['_ITEM']._serialized_start=1931
+  _globals['_ITEM']._serialized_end=2071
+  _globals['_FINDITEMSRESPONSE']._serialized_start=2073
+  _globals['_FINDITEMSRESPONSE']._serialized_end=2189
+  _globals['_GETITEMSREQUEST']._serialized_start=2191
+  _globals['_GETITEMSREQUEST']._serialized_end=2242
+  _globals['_GETITEMSRESPONSE']._serialized_start=2244
+  _globals['_GETITEMSRESPONSE']._serialized_end=2340
+  _globals['_GETPOSTERSREQUEST']._serialized_start=2342
+  _globals['_GETPOSTERSREQUEST']._serialized_end=2379
+  _globals['_POSTER']._serialized_start=2381
+  _globals['_POSTER']._serialized_end=2451
+  _globals['_GETPOSTERSRESPONSE']._serialized_start=2453
+  _globals['_GETPOSTERSRESPONSE']._serialized_end=2555
+  _globals['_GETINDEXINFOREQUEST']._serialized_start=2557
+  _globals['_GETINDEXINFOREQUEST']._serialized_end=2578
+  _globals['_INDEXINFO']._serialized_start=2581
+  _globals['_INDEXINFO']._serialized_end=3380
+  _globals['_POSTERSIMILARITY']._serialized_start=3602
+  _globals['_POSTERSIMILARITY']._serialized_end=4314
 # @@protoc_insertion_point(module_scope)

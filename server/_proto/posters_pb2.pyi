@@ -99,12 +99,14 @@ class SimilarToItemsRequest(_message.Message):
     def __init__(self, positive: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., negative: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
 
 class SearchByVectorRequest(_message.Message):
-    __slots__ = ("vector", "options")
+    __slots__ = ("vector", "options", "vector_f32le")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_F32LE_FIELD_NUMBER: _ClassVar[int]
     vector: _containers.RepeatedScalarFieldContainer[float]
     options: SearchOptions
-    def __init__(self, vector: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+    vector_f32le: bytes
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ..., vector_f32le: _Optional[bytes] = ...) -> None: ...
 
 class SearchByImageRequest(_message.Message):
     __slots__ = ("image", "options", "mode")
@@ -287,7 +289,7 @@ class GetIndexInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("bundle_version", "model", "dimension", "index_type", "item_count", "failure_count", "default_nprobe", "neighbour_table_k", "max_k", "max_batch", "max_image_bytes", "max_image_pixels", "image_search", "loaded_at", "manifest_json", "desired_version", "reload_failures", "last_reload_error", "previous_bundle_version", "previous_model", "previous_dimension", "index_kind", "loaded_time", "genres", "year_min", "year_max", "has_ratings", "has_posters", "max_posters", "thumbnail_width", "thumbnail_height")
+    __slots__ = ("bundle_version", "model", "dimension", "index_type", "item_count", "failure_count", "default_nprobe", "neighbour_table_k", "max_k", "max_batch", "max_image_bytes", "max_image_pixels", "image_search", "loaded_at", "manifest_json", "desired_version", "reload_failures", "last_reload_error", "previous_bundle_version", "previous_model", "previous_dimension", "index_kind", "loaded_time", "genres", "year_min", "year_max", "has_ratings", "has_posters", "max_posters", "thumbnail_width", "thumbnail_height", "process_id", "process_rss_bytes")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +321,8 @@ class IndexInfo(_message.Message):
     MAX_POSTERS_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_WIDTH_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     model: str
     dimension: int
@@ -350,4 +354,6 @@ class IndexInfo(_message.Message):
     max_posters: int
     thumbnail_width: int
     thumbnail_height: int
-    def __init__(self, bundle_version: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., item_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., default_nprobe: _Optional[int] = ..., neighbour_table_k: _Optional[int] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., image_search: _Optional[bool] = ..., loaded_at: _Optional[float] = ..., manifest_json: _Optional[str] = ..., desired_version: _Optional[str] = ..., reload_failures: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., previous_bundle_version: _Optional[str] = ..., previous_model: _Optional[str] = ..., previous_dimension: _Optional[int] = ..., index_kind: _Optional[_Union[IndexKind, str]] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., genres: _Optional[_Iterable[str]] = ..., year_min: _Optional[int] = ..., year_max: _Optional[int] = ..., has_ratings: _Optional[bool] = ..., has_posters: _Optional[bool] = ..., max_posters: _Optional[int] = ..., thumbnail_width: _Optional[int] = ..., thumbnail_height: _Optional[int] = ...) -> None: ...
+    process_id: int
+    process_rss_bytes: int
+    def __init__(self, bundle_version: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., item_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., default_nprobe: _Optional[int] = ..., neighbour_table_k: _Optional[int] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., image_search: _Optional[bool] = ..., loaded_at: _Optional[float] = ..., manifest_json: _Optional[str] = ..., desired_version: _Optional[str] = ..., reload_failures: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., previous_bundle_version: _Optional[str] = ..., previous_model: _Optional[str] = ..., previous_dimension: _Optional[int] = ..., index_kind: _Optional[_Union[IndexKind, str]] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., genres: _Optional[_Iterable[str]] = ..., year_min: _Optional[int] = ..., year_max: _Optional[int] = ..., has_ratings: _Optional[bool] = ..., has_posters: _Optional[bool] = ..., max_posters: _Optional[int] = ..., thumbnail_width: _Optional[int] = ..., thumbnail_height: _Optional[int] = ..., process_id: _Optional[int] = ..., process_rss_bytes: _Optional[int] = ...) -> None: ...

@@ -127,6 +127,7 @@ class PosterClient:
         timeout: float = 30.0,
         server_name: str | None = None,
         max_message_bytes: int = 12 * 1024 * 1024,
+        packed_vectors: bool = True,
     ) -> None:
         options: list[tuple[str, str | int]] = [
             ("grpc.max_send_message_length", max_message_bytes),
@@ -151,6 +152,9 @@ class PosterClient:
         self._stub = pb_grpc.PosterSimilarityStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
+        # vectors as SearchByVectorRequest.vector_f32le (packed float32); False: the repeated float field,
+        # for servers older than vector_f32le (they would see an empty vector)
+        self.packed_vectors = packed_vectors
         self._max_batch: int | None = None  # the server's BatchSearch limit, asked on the first batch()
 
     def _call(self, rpc: Any, request: Any) -> Any:
@@ -174,7 +178,7 @@ class PosterClient:
         return convert.result_from_proto(self._call(self._stub.SimilarToItems, req))
 
     def vector(self, vector: Sequence[float], options: SearchOptions = SearchOptions()) -> SearchResult:
-        req = pb.SearchByVectorRequest(vector=list(map(float, vector)), options=convert.options_to_proto(options))
+        req = convert.vector_request(vector, options, self.packed_vectors)
         return convert.result_from_proto(self._call(self._stub.SearchByVector, req))
 
     def image(self, data: bytes, options: SearchOptions = SearchOptions()) -> SearchResult:
@@ -203,7 +207,7 @@ class PosterClient:
 
     def _batch_call(self, queries: Sequence[Query]) -> list[SearchResult]:
         """One BatchSearch call; the first query that failed alone is raised as a BatchQueryError."""
-        req = pb.BatchSearchRequest(queries=[convert.query_to_proto(q) for q in queries])
+        req = pb.BatchSearchRequest(queries=[convert.query_to_proto(q, self.packed_vectors) for q in queries])
         resp = self._call(self._stub.BatchSearch, req)
         for position, status in enumerate(resp.statuses):
             if status.code != grpc.StatusCode.OK.value[0]:
@@ -234,7 +238,7 @@ class PosterClient:
     def batch_outcome(self, queries: Sequence[Query], image_modes: Mapping[int, str] | None = None) -> BatchOutcome:
         """One BatchSearch call (not split: more than the server's ``max_batch`` is INVALID_ARGUMENT) with
         per-query statuses; ``image_modes`` maps positions of image queries to a query mode."""
-        protos = [convert.query_to_proto(q) for q in queries]
+        protos = [convert.query_to_proto(q, self.packed_vectors) for q in queries]
         for position, mode in (image_modes or {}).items():
             if not protos[position].HasField("image"):
                 raise ValueError(f"image_modes expected positions of image queries, got {position}")

@@ -6,7 +6,10 @@ pandas nor TensorFlow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from server._proto import posters_pb2 as pb
 from server.types import (
@@ -61,7 +64,21 @@ def weighted_to_proto(items: tuple[tuple[int, float], ...]) -> list[pb.WeightedI
     return [pb.WeightedItem(item_id=i, weight=w) for i, w in items]
 
 
-def query_to_proto(q: Query) -> pb.Query:
+PACKED_DTYPE = np.dtype("<f4")  # SearchByVectorRequest.vector_f32le: little-endian IEEE-754 float32
+
+
+def vector_request(
+    vector: Sequence[float] | np.ndarray, options: SearchOptions, packed: bool = True
+) -> pb.SearchByVectorRequest:
+    """A SearchByVector request: the vector as packed little-endian float32 bytes (``vector_f32le``, cheap to
+    build and to parse), or with ``packed=False`` as the repeated ``vector`` field (servers before it)."""
+    if packed:
+        data = np.ascontiguousarray(vector, dtype=PACKED_DTYPE).reshape(-1).tobytes()
+        return pb.SearchByVectorRequest(vector_f32le=data, options=options_to_proto(options))
+    return pb.SearchByVectorRequest(vector=list(map(float, vector)), options=options_to_proto(options))
+
+
+def query_to_proto(q: Query, packed_vectors: bool = True) -> pb.Query:
     if isinstance(q, ItemQuery):
         return pb.Query(item=pb.SimilarToItemRequest(item_id=q.item_id, options=options_to_proto(q.options)))
     if isinstance(q, ItemsQuery):
@@ -73,9 +90,7 @@ def query_to_proto(q: Query) -> pb.Query:
             )
         )
     if isinstance(q, VectorQuery):
-        return pb.Query(
-            vector=pb.SearchByVectorRequest(vector=list(map(float, q.vector)), options=options_to_proto(q.options))
-        )
+        return pb.Query(vector=vector_request(q.vector, q.options, packed_vectors))
     return pb.Query(image=pb.SearchByImageRequest(image=q.data, options=options_to_proto(q.options)))
 
 
