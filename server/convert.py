@@ -43,7 +43,15 @@ DEFAULT_WEIGHT = 1.0
 PACKED_DTYPE = np.dtype("<f4")  # SearchByVectorRequest.vector_f32le: little-endian IEEE-754 float32
 PACKED_FIELD = "vector_f32le"
 PAGE_TOKEN_SEPARATOR = "@"
-INDEX_KINDS = {"flat": pb.INDEX_KIND_FLAT, "ivf": pb.INDEX_KIND_IVF}
+INDEX_KINDS = {
+    "flat": pb.INDEX_KIND_FLAT,
+    "ivf": pb.INDEX_KIND_IVF,
+    "ivf-sq8": pb.INDEX_KIND_IVF,
+    "ivf-fp16": pb.INDEX_KIND_IVF,
+    "ivf-pq": pb.INDEX_KIND_IVF,
+    "hnsw": pb.INDEX_KIND_HNSW,
+    "hnsw-sq8": pb.INDEX_KIND_HNSW,
+}
 IMAGE_MODES = {
     pb.IMAGE_QUERY_MODE_UNSPECIFIED: "auto",
     pb.IMAGE_QUERY_MODE_AUTO: "auto",
@@ -76,6 +84,8 @@ def options_from_proto(o: pb.SearchOptions) -> SearchOptions:
         exact=o.exact,
         filter=filter_from_proto(o.filter) if o.HasField("filter") else EMPTY_FILTER,
         strict=o.strict,
+        ef_search=o.ef_search,
+        k_factor=o.k_factor,
     )
 
 

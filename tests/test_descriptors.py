@@ -228,3 +228,16 @@ def test_image_queries_go_through_the_bundles_whitening(
         hits = searcher.search_image(poster.read_bytes(), SearchOptions(k=3), mode="whole").hits
         assert hits[0].item.item_id == int(b.items["item_id"].iat[row])
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_tflite_runtime_gives_the_keras_vectors_under_the_same_fingerprint(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("POSTERS_TFLITE_CACHE", str(tmp_path / "tflite"))
+    images = _images(3, seed=9)
+    keras_run = Embedder(EmbedderSpec(weights="none"))
+    lite_run = Embedder(EmbedderSpec(weights="none", runtime="tflite"))
+    assert lite_run.fingerprint == keras_run.fingerprint and "runtime" not in lite_run.describe()
+    a, b = normalize(keras_run.embed(images))[0], normalize(lite_run.embed(images))[0]
+    assert float(np.einsum("ij,ij->i", a, b).min()) >= 0.9999
+    assert any((tmp_path / "tflite").iterdir())  # converted once, kept for the next run
+    with pytest.raises(ModelError, match="multi-scale needs runtime 'keras'"):
+        EmbedderSpec(runtime="tflite", scales=(1.0, 0.5)).validate()

@@ -152,3 +152,31 @@ def test_memory_mapped_loading_answers_identically(tmp_path: Path, data) -> None
     for v in q[:20]:
         assert [h.item.item_id for h in a.search_vector(v).hits] == [h.item.item_id for h in b.search_vector(v).hits]
     assert mapped.manifest.index.type == "ivf-sq8"
+
+
+def test_ef_search_and_k_factor_travel_over_grpc(tmp_path: Path, data) -> None:
+    """The client's ef_search (HNSW) and k_factor (IVF-PQ) reach FAISS: each answer equals FAISS's own at that
+    setting, and out-of-range values are INVALID_ARGUMENT with the expected range."""
+    import grpc
+
+    from indexer.index import search_parameters
+    from tests.grpc_helpers import serve
+
+    x, ids, q = data
+    for kind, field, values in (("hnsw", "ef_search", (10, 200)), ("ivf-pq", "k_factor", (1, 16))):
+        path = _root(tmp_path, x, ids, IndexSpec(kind=kind, target_recall=TARGET), f"grpc-{kind}")
+        b = bundles.load_bundle(path)
+        p = b.manifest.index
+        answers = {}
+        for value in values:
+            knobs = {"nprobe": p.nprobe, "ef_search": p.ef_search, "k_factor": p.k_factor, field: value}
+            params = search_parameters(b.index, kind, knobs["nprobe"], knobs["ef_search"], knobs["k_factor"])
+            answers[value] = b.index.search(q[:40], K, params=params)[1]
+        assert not np.array_equal(*answers.values())  # the two settings answer differently on these queries
+        with serve(path.parent.parent) as s:
+            for value, want in answers.items():
+                got = [s.client.vector(v.tolist(), SearchOptions(k=K, **{field: value})) for v in q[:40]]
+                np.testing.assert_array_equal([[h.item.item_id for h in r.hits] for r in got], want)
+            with pytest.raises(grpc.RpcError) as err:
+                s.client.vector(q[0].tolist(), SearchOptions(k=K, **{field: 100_000}))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and f"{field} expected" in err.value.details()

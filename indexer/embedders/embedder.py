@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ DEFAULT_GEM_P = 3.0  # the generalized mean's usual exponent (Radenović et al.)
 GEM_P_RANGE = (1.0, 16.0)
 GEM_EPSILON = 1e-6  # activations are clamped to this before the power (ReLU6 outputs may be exactly 0)
 SINGLE_SCALE = (1.0,)
+RUNTIMES = ("keras", "tflite")
+TFLITE_CACHE_ENV = "POSTERS_TFLITE_CACHE"  # where converted models are kept (default ~/.cache/poster-similarity)
 SCALE_RANGE = (0.25, 4.0)  # relative to the backbone's input size
 MIN_SCALED_SIDE = 32
 RESIZE_POLICIES = ("pad", "stretch", "center-crop")
@@ -46,6 +49,9 @@ class EmbedderSpec:
     # multi-scale: the input resized to these multiples of the model's input size, one descriptor each
     # (L2-normalized), averaged. (1.0,): one scale, exactly the single-scale embedding.
     scales: tuple[float, ...] = SINGLE_SCALE
+    # how the model runs: "keras" (TensorFlow) or "tflite" (the same graph converted to TFLite and run with
+    # XNNPACK, vectors equal within float32 rounding): not part of the fingerprint or the manifest
+    runtime: str = "keras"
 
     def validate(self) -> None:
         get_backbone(self.model)
@@ -61,6 +67,10 @@ class EmbedderSpec:
             or len(set(self.scales)) != len(self.scales)
         ):
             raise ModelError(f"scales expected distinct numbers in {low}..{high}, got {list(self.scales)}")
+        if self.runtime not in RUNTIMES:
+            raise ModelError(f"runtime expected one of {RUNTIMES}, got {self.runtime!r}")
+        if self.runtime == "tflite" and self.scales != SINGLE_SCALE:
+            raise ModelError("runtime 'tflite' runs one input size: multi-scale needs runtime 'keras'")
         if self.pooling == "flatten" and self.scales != SINGLE_SCALE:
             raise ModelError("pooling 'flatten' has a dimension per input size: multi-scale needs avg, max or gem")
         if self.resize not in RESIZE_POLICIES:
@@ -74,6 +84,7 @@ class EmbedderSpec:
         data = asdict(self)
         data.pop("gem_p")
         data.pop("scales")
+        data.pop("runtime")
         return {**data, **self.extras()}
 
     def extras(self) -> dict[str, Any]:
@@ -95,6 +106,13 @@ class EmbedderSpec:
         if data.get("scales") is not None:
             known["scales"] = tuple(float(s) for s in data["scales"])
         return cls(**known)
+
+
+def tflite_cache_dir() -> Path:
+    """Converted TFLite models (one per embedder fingerprint and TensorFlow version): $POSTERS_TFLITE_CACHE or
+    ~/.cache/poster-similarity/tflite. A conversion happens once, locally (nothing is downloaded)."""
+    configured = os.environ.get(TFLITE_CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "poster-similarity" / "tflite"
 
 
 def scaled_side(size: int, scale: float) -> int:
@@ -239,6 +257,10 @@ class Embedder:
 
         self._forward = _forward
         self.fingerprint = self._fingerprint()
+        if spec.runtime == "tflite":
+            from indexer.embedders.tflite_runtime import TFLiteForward
+
+            self._forward = TFLiteForward.from_keras(self.model, preprocess, size, tflite_cache_dir(), self.fingerprint)
         log.info("embedder %s ready: dim=%d input=%d fingerprint=%s", spec.model, self.dim, size, self.fingerprint[:12])
 
     @property

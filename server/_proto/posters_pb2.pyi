@@ -24,6 +24,7 @@ class IndexKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INDEX_KIND_UNSPECIFIED: _ClassVar[IndexKind]
     INDEX_KIND_FLAT: _ClassVar[IndexKind]
     INDEX_KIND_IVF: _ClassVar[IndexKind]
+    INDEX_KIND_HNSW: _ClassVar[IndexKind]
 IMAGE_QUERY_MODE_UNSPECIFIED: ImageQueryMode
 IMAGE_QUERY_MODE_WHOLE: ImageQueryMode
 IMAGE_QUERY_MODE_LOCATE: ImageQueryMode
@@ -31,9 +32,10 @@ IMAGE_QUERY_MODE_AUTO: ImageQueryMode
 INDEX_KIND_UNSPECIFIED: IndexKind
 INDEX_KIND_FLAT: IndexKind
 INDEX_KIND_IVF: IndexKind
+INDEX_KIND_HNSW: IndexKind
 
 class SearchOptions(_message.Message):
-    __slots__ = ("k", "candidate_ids", "exclude_ids", "min_score", "nprobe", "exact", "filter", "strict")
+    __slots__ = ("k", "candidate_ids", "exclude_ids", "min_score", "nprobe", "exact", "filter", "strict", "ef_search", "k_factor")
     K_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +44,8 @@ class SearchOptions(_message.Message):
     EXACT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    K_FACTOR_FIELD_NUMBER: _ClassVar[int]
     k: int
     candidate_ids: _containers.RepeatedScalarFieldContainer[int]
     exclude_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -50,7 +54,9 @@ class SearchOptions(_message.Message):
     exact: bool
     filter: Filter
     strict: bool
-    def __init__(self, k: _Optional[int] = ..., candidate_ids: _Optional[_Iterable[int]] = ..., exclude_ids: _Optional[_Iterable[int]] = ..., min_score: _Optional[float] = ..., nprobe: _Optional[int] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
+    ef_search: int
+    k_factor: int
+    def __init__(self, k: _Optional[int] = ..., candidate_ids: _Optional[_Iterable[int]] = ..., exclude_ids: _Optional[_Iterable[int]] = ..., min_score: _Optional[float] = ..., nprobe: _Optional[int] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., strict: _Optional[bool] = ..., ef_search: _Optional[int] = ..., k_factor: _Optional[int] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("genres_any", "genres_all", "genres_none", "year_min", "year_max", "min_ratings", "allow_ids", "deny_ids")

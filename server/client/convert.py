@@ -52,6 +52,8 @@ def options_to_proto(o: SearchOptions) -> pb.SearchOptions:
         nprobe=o.nprobe,
         exact=o.exact,
         strict=o.strict,
+        ef_search=o.ef_search,
+        k_factor=o.k_factor,
     )
     if o.min_score is not None:
         msg.min_score = o.min_score
