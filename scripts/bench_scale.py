@@ -72,7 +72,8 @@ def ours(x: np.ndarray, q: np.ndarray, truth: np.ndarray, spec: IndexSpec, label
     for value in sorted({*sweep, p.nprobe or p.ef_search}):
         nprobe, ef = (value, 0) if p.nlist else (0, value)
         params = search_parameters(built.index, p.type, nprobe, ef, p.k_factor)
-        ms, found = _latency(lambda row, params=params: built.index.search(row[None], K, params=params)[1][0], q)
+        index = built.index
+        ms, found = _latency(lambda row, index=index, params=params: index.search(row[None], K, params=params)[1][0], q)
         curve.append(
             {
                 "param": value,
@@ -91,7 +92,7 @@ def ours(x: np.ndarray, q: np.ndarray, truth: np.ndarray, spec: IndexSpec, label
         "index_bytes": _file_bytes(built.index),
         "curve": curve,
     }
-    del built
+    del built, index
     gc.collect()
     return result
 
@@ -155,7 +156,8 @@ def best_at(curve: list[dict[str, Any]], target: float) -> dict[str, Any] | None
 
 def markdown(runs: list[dict[str, Any]], target: float) -> str:
     lines = [
-        f"| N | D | system | type | build s | index MB | fastest setting with recall@10 >= {target} | recall@10 | p50 ms |",
+        f"| N | D | system | type | build s | index MB | fastest setting with recall@10 >= {target} "
+        "| recall@10 | p50 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
