@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -301,19 +301,43 @@ def _tune(
             if recall >= spec.target_recall or ef >= MAX_EF_SEARCH:
                 return knobs, recall
             ef *= 2
-    k_factor = spec.k_factor or (DEFAULT_K_FACTOR if kind == "ivf-pq" else 0)
     nprobes = [min(spec.nprobe, nlist)] if spec.nprobe is not None else _doubling(nlist)
-    knobs, recall = _Knobs(), 0.0
+    if kind != "ivf-pq":
+        knobs, recall = _Knobs(), 0.0
+        for nprobe in nprobes:
+            knobs = _Knobs(nprobe=nprobe)
+            recall = recall_at_k(_search(index, kind, q, k, knobs), truth)
+            if recall >= spec.target_recall:
+                break
+        return knobs, recall
+    # IVF-PQ: recall is limited both by the probe (nprobe) and by the quantization (k_factor re-ranked
+    # candidates). For each nprobe the smallest k_factor reaching the target; of those pairs, the fastest.
+    factors = [spec.k_factor] if spec.k_factor is not None else _doubling_from(DEFAULT_K_FACTOR, MAX_K_FACTOR)
+    meeting: list[tuple[float, _Knobs, float]] = []
+    best = (_Knobs(nprobe=nlist, k_factor=factors[-1]), 0.0)
     for nprobe in nprobes:
-        knobs = _Knobs(nprobe=nprobe, k_factor=k_factor)
-        recall = recall_at_k(_search(index, kind, q, k, knobs), truth)
-        if recall >= spec.target_recall:
-            return knobs, recall
-    while kind == "ivf-pq" and spec.k_factor is None and recall < spec.target_recall and k_factor < MAX_K_FACTOR:
-        k_factor *= 2  # every list probed and still short: the quantization, not the probe, is the limit
-        knobs = replace(knobs, k_factor=k_factor)
-        recall = recall_at_k(_search(index, kind, q, k, knobs), truth)
+        for k_factor in factors:
+            knobs = _Knobs(nprobe=nprobe, k_factor=k_factor)
+            recall = recall_at_k(_search(index, kind, q, k, knobs), truth)
+            if recall > best[1]:
+                best = (knobs, recall)
+            if recall >= spec.target_recall:
+                meeting.append((_latency_ms(index, kind, q, knobs), knobs, recall))
+                break
+        if meeting and meeting[-1][1].k_factor == factors[0]:
+            break  # the smallest k_factor suffices: more lists only cost time
+    if not meeting:
+        return best
+    _, knobs, recall = min(meeting, key=lambda m: m[0])
     return knobs, recall
+
+
+def _doubling_from(start: int, limit: int) -> list[int]:
+    values, v = [], start
+    while v < limit:
+        values.append(v)
+        v *= 2
+    return [*values, limit]
 
 
 def _doubling(limit: int) -> list[int]:
