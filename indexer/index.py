@@ -385,8 +385,9 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> BuiltI
     if kind == "ivf-pq" and d % (spec.pq_m or default_pq_m(d)):
         raise BuildError(f"pq_m expected a divisor of the dimension {d}, got {spec.pq_m}")
     rng = np.random.default_rng(spec.seed)
+    holdout = np.random.default_rng(spec.seed + 1)  # its own stream: the training sample does not depend on it
     held = (
-        np.sort(rng.choice(n, size=min(TUNE_QUERIES, n // 10), replace=False))
+        np.sort(holdout.choice(n, size=min(TUNE_QUERIES, n // 10), replace=False))
         if n - min(TUNE_QUERIES, n // 10) >= MIN_INDEXED_FOR_HOLDOUT and kind not in EXACT_KINDS
         else np.zeros(0, np.int64)
     )
@@ -394,10 +395,9 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> BuiltI
     indexed[held] = False
     index = _make(kind, d, nlist, spec)
     n_train = 0
-    if not index.is_trained:
-        rows = np.flatnonzero(indexed)
-        n_train = min(len(rows), max(nlist * TRAIN_POINTS_PER_CENTROID, nlist) if nlist else SQ_TRAIN_VECTORS)
-        train_rows = np.sort(rng.choice(rows, size=n_train, replace=False)) if n_train < len(rows) else rows
+    if not index.is_trained:  # trained on a sample of the whole catalog; the held-out rows are only kept out
+        n_train = min(n, max(nlist * TRAIN_POINTS_PER_CENTROID, nlist) if nlist else SQ_TRAIN_VECTORS)
+        train_rows = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else np.arange(n)
         index.train(x[train_rows])
     _add(index, x, ids, np.flatnonzero(indexed))
     k = min(TUNE_K, int(indexed.sum()))
