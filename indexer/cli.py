@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from indexer.cli_common import parse_scales
 from indexer.extras import INDEX_MODULES, require
 
 if TYPE_CHECKING:
@@ -34,13 +35,6 @@ EPILOG = """examples:
   posters-index rollback indexes/posters                              # CURRENT back to the previous build
   posters-index demo-catalog demo/catalog --count 120
 """
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.75, got {text!r}") from None
 
 
 _SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -135,7 +129,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--scales",
-        type=_scales,
+        type=parse_scales,
         default=SINGLE_SCALE,
         metavar="S[,S...]",
         help="multi-scale: embed the input at these multiples of the model's input size and average the "
@@ -375,7 +369,7 @@ def _write_summary(target: str, summary: dict[str, object]) -> None:
 def _run_build(args: argparse.Namespace) -> BuildReport:
     from indexer.build import BuildConfig, build
     from indexer.catalog import CatalogConfig
-    from indexer.embedders import EmbedderSpec
+    from indexer.cli_common import embedder_spec
     from indexer.errors import BuildError
     from indexer.index import IndexSpec
     from indexer.pipeline import PipelineConfig
@@ -400,15 +394,7 @@ def _run_build(args: argparse.Namespace) -> BuildReport:
         index_root=args.out,
         catalog=catalog,
         precomputed=precomputed,
-        embedder=EmbedderSpec(
-            model=args.model,
-            weights=args.weights,
-            pooling=args.pooling,
-            resize=args.resize,
-            gem_p=args.gem_p,
-            scales=args.scales,
-            runtime=args.runtime,
-        ),
+        embedder=embedder_spec(args),
         index=IndexSpec(
             kind=args.index,
             nlist=args.nlist,

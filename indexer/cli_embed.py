@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from indexer.cli_common import parse_scales
+
 EMBED_EPILOG = """examples:
   posters-index embed --movies ml/movies.csv --links ml/links.csv --posters ml/posters \\
       --pattern '{tmdbId}.jpg' --out shards/ml --engine ray --actors 2          # a local Ray on 127.0.0.1
@@ -23,13 +25,6 @@ EMBED_EPILOG = """examples:
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Examples kept as written, defaults shown."""
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.75, got {text!r}") from None
 
 
 def _add_catalog_options(p: argparse.ArgumentParser) -> None:
@@ -50,7 +45,7 @@ def _add_catalog_options(p: argparse.ArgumentParser) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from indexer.embed_job import DEFAULT_BATCH_SIZE
-    from indexer.embedders.embedder import DEFAULT_GEM_P, POOLINGS, RESIZE_POLICIES, SINGLE_SCALE
+    from indexer.embedders.embedder import DEFAULT_GEM_P, POOLINGS, RESIZE_POLICIES, RUNTIMES, SINGLE_SCALE
     from indexer.embedders.registry import backbone_names
     from indexer.images import DEFAULT_MAX_PIXELS
 
@@ -60,9 +55,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     model.add_argument("--pooling", default="avg", choices=POOLINGS, help="global pooling of the last feature map")
     model.add_argument("--gem-p", type=float, default=DEFAULT_GEM_P, help="GeM exponent (--pooling gem only)")
     model.add_argument(
-        "--scales", type=_scales, default=SINGLE_SCALE, metavar="S[,S...]", help="multi-scale input sizes"
+        "--scales", type=parse_scales, default=SINGLE_SCALE, metavar="S[,S...]", help="multi-scale input sizes"
     )
     model.add_argument("--resize", default="pad", choices=RESIZE_POLICIES, help="how a poster fits the input")
+    model.add_argument("--runtime", default="keras", choices=RUNTIMES, help="keras, or tflite (same vectors, less CPU)")
     model.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per model call")
     model.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip images with more pixels (bomb guard)"
@@ -123,8 +119,8 @@ def add_parser(sub: Any) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from indexer.catalog import CatalogConfig
+    from indexer.cli_common import embedder_spec
     from indexer.embed_job import EmbedJobConfig, RayOptions, run_embed
-    from indexer.embedders import EmbedderSpec
 
     if args.engine == "ray":
         from indexer.extras import require
@@ -141,14 +137,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             encoding=args.encoding,
         ),
         out=args.out,
-        embedder=EmbedderSpec(
-            model=args.model,
-            weights=args.weights,
-            pooling=args.pooling,
-            resize=args.resize,
-            gem_p=args.gem_p,
-            scales=args.scales,
-        ),
+        embedder=embedder_spec(args),
         engine=args.engine,
         batch_size=args.batch_size,
         decode_workers=args.workers,

@@ -8,7 +8,7 @@ first ``--peers-n`` vectors and swept over efSearch, beside this project's index
 Latency: one query at a time, one thread, p50 over the queries. Memory: the index file's size (what a
 memory-mapped server pages in) and the build's peak RSS.
 
-    python scripts/bench_scale.py                                  # 1M x 1280 and 1M x 512, peers at 1M
+    pip install -e ".[bench]"; python scripts/bench_scale.py       # 1M x 1280 and 1M x 512, peers at 1M
     python scripts/bench_scale.py --n 1000000 --dims 1280 --peers-n 100000
 Writes benchmarks/bench_scale.json, .md and bench_scale.png.
 """
@@ -140,7 +140,7 @@ def usearch_peer(x: np.ndarray, q: np.ndarray, truth: np.ndarray) -> dict[str, A
     build_s = time.perf_counter() - t
     curve = []
     for ef in EF_SWEEP:
-        index.expansion_search = max(ef, K)  # type: ignore[misc]  # settable at run time; the stub says read-only
+        index.expansion_search = max(ef, K)  # type: ignore[misc, unused-ignore]  # settable; the stub says read-only
         ms, found = _latency(lambda row: index.search(row, K, threads=1).keys, q)
         curve.append({"param": ef, "recall@10": recall_at_k(found, truth), "p50_ms": ms})
     return {"system": f"usearch M{HNSW_M}", "build_s": build_s, "index_bytes": int(index.memory_usage), "curve": curve}
