@@ -51,7 +51,7 @@ def test_each_family_meets_its_target_on_queries_it_never_saw(data, kind: str) -
     assert p.latency_p50_ms is not None and p.latency_p50_ms > 0 and p.memory_bytes > 0 and p.factory
     _, found = built.search(q, K)
     assert recall_at_k(found, _truth(x, ids, q)) >= TARGET - SLACK
-    assert set(np.unique(found)) <= set(ids.tolist())  # item ids, not positions
+    assert set(np.unique(found[found >= 0])) <= set(ids.tolist())  # item ids, not positions (-1: a short list)
 
 
 def test_auto_chooses_by_size_and_memory_budget() -> None:
@@ -104,11 +104,14 @@ def test_filters_hold_inside_wrapped_indexes(served, data, kind: str) -> None:
     x, ids, q = data
     s = served[kind]
     allow = ids[::7]
+    found = []
     for row in range(20):
         hits = s.search_vector(q[row], SearchOptions(k=K, filter=Filter(allow_ids=tuple(allow.tolist())))).hits
         got = [h.item.item_id for h in hits]
         assert len(got) == K and set(got) <= set(allow.tolist())
-        assert got[0] == _truth(x, ids, q[row : row + 1], 1, allow)[0, 0]
+        found.append(got)
+    # approximate, but the right neighbours among the allowed items (not just any allowed items)
+    assert recall_at_k(np.array(found), _truth(x, ids, q[:20], K, allow)) >= TARGET - SLACK
 
 
 def test_per_request_parameters_change_the_search(served, data) -> None:
