@@ -175,7 +175,11 @@ def _build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--hnsw-m", type=int, default=DEFAULT_HNSW_M, help="HNSW links per node")
     idx.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION, help="HNSW build beam width")
     idx.add_argument("--ef-search", type=int, help="HNSW default efSearch (default: tuned)")
-    idx.add_argument("--pq-m", type=int, help="ivf-pq sub-quantizers (default D/16; must divide D)")
+    idx.add_argument(
+        "--pq-m",
+        type=int,
+        help="ivf-pq sub-quantizers (default D/8, or D/16 when D/8 does not fit --memory-budget; must divide D)",
+    )
     idx.add_argument("--k-factor", type=int, help="ivf-pq: re-rank k x K candidates (default: tuned from 4)")
     idx.add_argument(
         "--neighbours",

@@ -2,11 +2,14 @@
 """Load test: C concurrent clients x M mixed requests against posters-serve on loopback,
 with a hot reload (new bundle + SIGHUP) in the middle. Bounded in count and time.
 
-Pass/fail: zero failed requests, the reload is observed, server RSS growth bounded.
-Reports p50/p99 per RPC, QPS and server RSS; writes JSON + Markdown under benchmarks/results/.
+Pass/fail: zero failed requests, the reload is observed (with --processes N: afterwards every worker,
+reached over fresh connections, serves the new bundle), server RSS growth bounded.
+Reports p50/p99 per RPC, QPS and server RSS (with --processes, summed over the supervisor and its workers);
+writes JSON + Markdown under benchmarks/results/.
 
   python scripts/load_test.py                          # 8 clients x 12,500 requests = 100k (~2 min)
   python scripts/load_test.py --clients 4 --requests 2000 --items 5000
+  python scripts/load_test.py --processes 2            # the same against 2 SO_REUSEPORT workers
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ MIX = (
     ("GetItems", 0.05),
     ("GetIndexInfo", 0.05),
 )
+PROBE_CONNECTIONS = 64  # fresh connections tried, after the load, to reach every worker
 RSS_GROWTH_LIMIT = 0.15  # after warm-up, RSS may grow at most 15 % (plus 32 MB) over the run
 
 
@@ -63,6 +67,23 @@ def publish(root: Path, n: int, d: int, seed: int, tmp: Path) -> str:
     ).build_id
 
 
+def workers_serving(target: str, workers: set[int]) -> dict[int, str]:
+    """Over fresh connections (SO_REUSEPORT spreads them), each worker's process id -> the bundle it serves."""
+    import grpc
+
+    from server._proto import posters_pb2 as pb
+    from server._proto import posters_pb2_grpc as pb_grpc
+
+    seen: dict[int, str] = {}
+    for _ in range(PROBE_CONNECTIONS):
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            info = pb_grpc.PosterSimilarityStub(channel).GetIndexInfo(pb.GetIndexInfoRequest(), timeout=30)
+        seen[info.process_id] = info.bundle_version
+        if set(seen) >= workers:
+            break
+    return seen
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=8)
@@ -70,6 +91,7 @@ def main() -> int:
     p.add_argument("--items", type=int, default=20_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--max-seconds", type=float, default=900, help="stop early after this long")
+    p.add_argument("--processes", type=int, default=1, help="posters-serve --processes (SO_REUSEPORT workers)")
     args = p.parse_args()
 
     import grpc
@@ -96,6 +118,8 @@ def main() -> int:
         "--no-image-search",
         "--poll",
         "3600",
+        "--processes",
+        str(args.processes),
     ]
     server_log = (tmp / "server.log").open("w")  # closed after the server exits (end of main)
     server = subprocess.Popen(server_cmd, cwd=ROOT, stderr=server_log)
@@ -106,13 +130,17 @@ def main() -> int:
         time.sleep(0.1)
     target = f"127.0.0.1:{int(port_file.read_text())}"
     proc = psutil.Process(server.pid)
+
+    def server_rss_mb() -> float:  # the supervisor and its workers (or the one server process)
+        return sum(p.memory_info().rss for p in [proc, *proc.children()]) / 2**20
+
     total = args.clients * args.requests
     done = [0]
     lock = threading.Lock()
     latencies: dict[str, list[float]] = {name: [] for name, _ in MIX}
     failures: list[str] = []
     versions: set[str] = set()
-    rss: dict[str, float] = {"start": proc.memory_info().rss / 2**20}
+    rss: dict[str, float] = {"start": server_rss_mb()}
     stop_at = time.monotonic() + args.max_seconds
     reloaded = threading.Event()
     queries = clustered_vectors(1000, args.dim, seed=99)
@@ -171,28 +199,32 @@ def main() -> int:
     while any(t.is_alive() for t in threads):
         time.sleep(0.5)  # progress sampling by the orchestrator; the clients never sleep
         if "warm" not in rss and done[0] >= total * 0.1:
-            rss["warm"] = proc.memory_info().rss / 2**20
+            rss["warm"] = server_rss_mb()
         if not reloaded.is_set() and done[0] >= total * 0.5:
             print("publishing a new bundle and sending SIGHUP ...", file=sys.stderr)
             second = publish(root, args.items, args.dim, 2, tmp)
             server.send_signal(signal.SIGHUP)
             reloaded.set()
-            rss["at_reload"] = proc.memory_info().rss / 2**20
+            rss["at_reload"] = server_rss_mb()
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    rss["end"] = proc.memory_info().rss / 2**20
+    rss["end"] = server_rss_mb()
+    workers = {p.pid for p in proc.children()} or {server.pid}
+    serving = workers_serving(target, workers)  # pid -> bundle version, over fresh connections
     server.send_signal(signal.SIGTERM)
     exit_code = server.wait(timeout=60)
     server_log.close()
     warm = rss.get("warm", rss["start"])
     growth_ok = rss["end"] <= warm * (1 + RSS_GROWTH_LIMIT) + 32
-    ok = not failures and second in versions and first in versions and growth_ok and exit_code == 0
+    every_worker = set(serving) == workers and set(serving.values()) == {second}
+    ok = not failures and second in versions and first in versions and growth_ok and every_worker and exit_code == 0
     info = machine()
     lines = [
         f"Machine: {info['cpu']}, {info['cores']} cores; {info['date']}. {args.clients} clients, "
         f"{done[0]} requests in {wall:.1f}s = {done[0] / wall:.0f} QPS; bundle {args.items} x {args.dim}; "
-        f"hot reload at 50%: {'observed' if second in versions else 'NOT observed'}; failed requests: "
+        f"server processes: {args.processes}; hot reload at 50%: {'observed' if second in versions else 'NOT observed'}"
+        f" ({len(serving)} of {len(workers)} workers on the new bundle afterwards); failed requests: "
         f"{len(failures)}; server RSS MB start {rss['start']:.0f}, warm {warm:.0f}, "
         f"at reload {rss.get('at_reload', 0):.0f}, end {rss['end']:.0f} "
         f"({'bounded' if growth_ok else 'GREW'}); server exit code {exit_code}.",
@@ -215,6 +247,8 @@ def main() -> int:
             "rss_mb": rss,
             "failures": failures[:50],
             "versions": sorted(versions),
+            "processes": args.processes,
+            "workers_after_reload": {str(pid): v for pid, v in serving.items()},
             "latency": {k: percentiles_ms(v) for k, v in latencies.items() if v},
         },
         md,

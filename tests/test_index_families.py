@@ -14,7 +14,7 @@ import pytest
 from indexer import bundle as bundles
 from indexer.build import BuildConfig, build
 from indexer.errors import BuildError
-from indexer.index import IndexSpec, build_index, choose, kind_of, memory_estimate, recall_at_k
+from indexer.index import IndexSpec, build_index, choose, kind_of, memory_estimate, pq_m_for, recall_at_k
 from indexer.precomputed import PrecomputedConfig
 from server.errors import InvalidArgument
 from server.searcher import Searcher
@@ -49,6 +49,8 @@ def test_each_family_meets_its_target_on_queries_it_never_saw(data, kind: str) -
     assert kind_of(built.index) == kind and p.type == kind and built.index.ntotal == N  # held-out added back
     assert p.recall_queries == "held-out" and p.held_out_queries > 0 and p.recall >= TARGET
     assert p.latency_p50_ms is not None and p.latency_p50_ms > 0 and p.memory_bytes > 0 and p.factory
+    if kind == "ivf-pq":  # no budget: the finest default sub-quantizers, recorded and built
+        assert p.pq_m == D // 8 and f"PQ{D // 8}x4fs" in p.factory
     _, found = built.search(q, K)
     assert recall_at_k(found, _truth(x, ids, q)) >= TARGET - SLACK
     assert set(np.unique(found[found >= 0])) <= set(ids.tolist())  # item ids, not positions (-1: a short list)
@@ -64,6 +66,13 @@ def test_auto_chooses_by_size_and_memory_budget() -> None:
     sq8_bytes = memory_estimate("ivf-sq8", n, d, spec)
     assert sq8_bytes < pq_bytes < 1.5e9 < flat_bytes  # 1M x 1280 float32 does not fit 1.5 GB; PQ + SQ8 does
     assert choose(IndexSpec(memory_budget=int(1.5e9)), n, d)[0] == "ivf-pq"
+    # sub-quantizers as fine as the budget allows: D/8 at 1.5 GB, D/16 when only that fits
+    assert pq_m_for(IndexSpec(memory_budget=int(1.5e9)), n, d) == d // 8
+    coarse = memory_estimate("ivf-pq", n, d, IndexSpec(pq_m=d // 16))
+    assert coarse < pq_bytes
+    squeezed = IndexSpec(memory_budget=(coarse + pq_bytes) // 2)
+    assert choose(squeezed, n, d)[0] == "ivf-pq" and pq_m_for(squeezed, n, d) == d // 16
+    assert "80 sub-quantizers" in choose(squeezed, n, d)[1]
     assert choose(IndexSpec(memory_budget=(sq8_bytes + pq_bytes) // 2), n, d)[0] == "ivf-sq8"
     with pytest.raises(BuildError, match="memory budget expected at least"):
         choose(IndexSpec(memory_budget=sq8_bytes // 2), n, d)

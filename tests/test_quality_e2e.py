@@ -28,6 +28,7 @@ SMALL = dict(
     copy_sample=4, fidelity_queries=40, latency_queries=10, image_latency_queries=3, seed=1, query_mode="whole"
 )
 COMPARE_COUNT = 16
+TIE = 1e-5  # scores this close to the k-th exact score are ties (float32 inner products)
 EVAL_PNGS = ("fidelity.png", "genres.png", "copy_detection.png", "latency.png", "duplicate_cosines.png", "edits.png")
 
 
@@ -145,13 +146,18 @@ def ivf_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray
     return root, ids, x, tmp / "movies.csv", tmp / "fam.csv"
 
 
-@pytest.mark.xfail(
-    reason="since held-out tuning adds IVF vectors in two passes, list order changes which of two near-tied "
-    "items nprobe=1 returns; the metric forgives ties by found score, this oracle by id: to reconcile (issue #13)",
-    strict=False,
-)
+def _recall_forgiving_ties(found: list[int], truth: np.ndarray, sims: np.ndarray) -> float:
+    """Share of ``truth`` found, where a found row outside it still counts when its exact score ties the last
+    truth score (the index broke the tie the other way: which of two tied items IVF returns depends on list order).
+    """
+    boundary = sims[truth[-1]]
+    hits = sum(r in set(truth.tolist()) or abs(sims[r] - boundary) <= TIE for r in found)
+    return min(hits, len(truth)) / len(truth)
+
+
 def test_eval_cli_on_ivf_matches_numpy_oracles(ivf_root: tuple, tmp_path: Path):
-    """Fidelity, genre precision and collection recall of `posters-index eval` against brute-force NumPy."""
+    """Fidelity, genre precision and collection recall of `posters-index eval` against brute-force NumPy
+    (ties at the k-th score forgiven, as the metric documents)."""
     import faiss
 
     root, ids, x, movies, fam = ivf_root
@@ -187,7 +193,8 @@ def test_eval_cli_on_ivf_matches_numpy_oracles(ivf_root: tuple, tmp_path: Path):
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)
     truth = np.argsort(-sims, axis=1, kind="stable")[:, :10]
-    index = faiss.read_index(str(next((root / "builds").iterdir()) / "index.faiss"))
+    build_dir = next((root / "builds").iterdir())
+    index = faiss.read_index(str(build_dir / "index.faiss"))
     row_of = {int(i): r for r, i in enumerate(ids)}
     curve = {p["nprobe"]: p for p in m["fidelity"]["curve"]}
     assert sorted(curve) == [1, 4, 16]
@@ -195,14 +202,21 @@ def test_eval_cli_on_ivf_matches_numpy_oracles(ivf_root: tuple, tmp_path: Path):
         _, found = index.search(x, 11, params=faiss.SearchParametersIVF(nprobe=nprobe))
         found_rows = [[row_of[int(i)] for i in f if i >= 0 and row_of[int(i)] != q][:10] for q, f in enumerate(found)]
         for k in (1, 10):
-            pairs = zip(found_rows, truth, strict=True)
-            oracle = np.mean([len(set(f[:k]) & set(t[:k].tolist())) / k for f, t in pairs])
+            oracle = np.mean([_recall_forgiving_ties(f[:k], truth[q, :k], sims[q]) for q, f in enumerate(found_rows)])
             assert point[f"item_recall@{k}"] == pytest.approx(oracle), (nprobe, k)
     assert curve[16]["item_recall@10"] == 1.0 and curve[16]["vector_recall@10"] == 1.0
     assert curve[1]["item_recall@10"] < 1.0  # the curve measures something on this data
-    # genres: precision@10 of exact neighbours (the neighbour table) over every item with genres
+    # genres and collections judge the item neighbours the server answers with: this IVF bundle's neighbour table
+    # (searched in the index, so not exactly `truth`; the table's own recall is tested in test_index_families)
+    table_ids = np.load(build_dir / "neighbour_ids.npy")
+    item_order = [int(r[0]) for r in list(csv.reader((build_dir / "items.csv").open()))[1:]]
+    served = np.empty((len(ids), table_ids.shape[1]), np.int64)
+    for position, item in enumerate(item_order):
+        served[row_of[item]] = [row_of[int(i)] for i in table_ids[position]]
+    assert (served[:, :10] != truth).any()  # the approximate table differs from exact search: the oracle must use it
+    # genres: precision@10 of the served neighbours over every item with genres
     g_sets = [set(filter(None, s.split("|"))) for s in [r[2] for r in list(csv.reader(movies.open()))[1:]]]
-    prec = [np.mean([bool(g_sets[q] & g_sets[n]) for n in truth[q]]) for q in range(len(ids)) if g_sets[q]]
+    prec = [np.mean([bool(g_sets[q] & g_sets[n]) for n in served[q, :10]]) for q in range(len(ids)) if g_sets[q]]
     assert m["genres"]["model"]["precision"] == pytest.approx(np.mean(prec))
     assert m["genres"]["queries"] == len(prec)
     # collections: same saga among the top k / min(k, other members)
@@ -212,7 +226,7 @@ def test_eval_cli_on_ivf_matches_numpy_oracles(ivf_root: tuple, tmp_path: Path):
     for q in range(len(ids)):
         others = int((labels == labels[q]).sum()) - 1
         if others:
-            rec.append((labels[truth[q, :5]] == labels[q]).sum() / min(5, others))
+            rec.append((labels[served[q, :5]] == labels[q]).sum() / min(5, others))
     assert m["collections"]["recall@5"] == pytest.approx(np.mean(rec))
 
 
