@@ -207,7 +207,7 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
             from_cache, embedded, keys = done.from_cache, done.embedded, done.keys
             model_name = embedder_info.model
             phases["embed"] = time.perf_counter() - t
-        vectors, ok = normalize(vectors)
+        vectors, ok = normalize(vectors, in_place=True)  # the raw vectors are not used again
         for pos in np.flatnonzero(~ok):
             problems.append(
                 Problem(
@@ -217,7 +217,9 @@ def build(config: BuildConfig, embedder: Embedder | None = None) -> BuildReport:
                     "embedding is zero or not finite; cannot be normalized",
                 )
             )
-        items, vectors = items[ok].reset_index(drop=True), vectors[ok]
+        items = items[ok].reset_index(drop=True)
+        if not ok.all():  # boolean indexing copies the vectors: only when a row goes
+            vectors = vectors[ok]
         if keys is not None:
             keys = [k for k, keep in zip(keys, ok.tolist()) if keep]
         if len(items) == 0:

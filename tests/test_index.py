@@ -29,6 +29,26 @@ def test_normalize_flags_zero_and_nan_rows() -> None:
     np.testing.assert_allclose(out[0], [0.6, 0.8])
 
 
+def test_normalize_in_place_writes_into_the_input_and_matches_a_copy() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(9000, 16)).astype(np.float32)  # more rows than one normalization block
+    x[[5, 8500]] = 0
+    x[7, 3] = np.inf
+    expected, expected_ok = normalize(x)
+    original = x.copy()
+    out, ok = normalize(x, in_place=True)
+    assert np.shares_memory(out, x)  # no second copy of a build's vectors
+    np.testing.assert_array_equal(ok, expected_ok)
+    np.testing.assert_array_equal(out, expected)
+    assert not ok[[5, 7, 8500]].any() and (out[[5, 7, 8500]] == 0).all()  # bad rows zeroed, not left as inf
+    np.testing.assert_allclose(np.linalg.norm(out[ok], axis=1), 1, rtol=1e-6)
+    frozen = original.copy()
+    frozen.flags.writeable = False  # a read-only input (a memory-mapped file) is copied, never written
+    copied, _ = normalize(frozen, in_place=True)
+    assert not np.shares_memory(copied, frozen)
+    np.testing.assert_array_equal(frozen, original)
+
+
 def test_flat_equals_brute_force() -> None:
     x = clustered_vectors(3000, 64, seed=1)
     ids = np.arange(3000, dtype=np.int64) * 10 + 7
