@@ -51,6 +51,7 @@ HNSW_M = 16
 EF_CONSTRUCTION = 64
 NPROBE_SWEEP = (4, 8, 16, 32, 64, 128)
 GB = 1e9
+LATENCY_TICKS_MS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 
 
 def _latency(search_one: Any, q: np.ndarray) -> tuple[float, np.ndarray]:
@@ -100,7 +101,7 @@ def cached_data(cache: Path, n: int, d: int, queries: int, seed: int) -> tuple[n
 
 def build_worker(x_path: str, rows: int, spec_json: str, index_path: str) -> dict[str, Any]:
     """In a fresh process: load ``rows`` vectors, build and tune the index, write it; time and memory."""
-    x = np.ascontiguousarray(np.load(x_path, mmap_mode="r")[:rows])
+    x = np.array(np.load(x_path, mmap_mode="r")[:rows])  # a copy in memory (a contiguous slice would stay mapped)
     gc.collect()
     base = current_rss_mb()
     # reset the peak RSS: the copy out of the memory-mapped file (mapped pages + copy) is not the build's
@@ -273,6 +274,7 @@ def markdown(runs: list[dict[str, Any]], target: float) -> str:
 def plot(runs: list[dict[str, Any]], path: Path, target: float) -> None:
     """Recall/latency curve per system and dimension; the star marks the setting the build tuned and stored."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -283,6 +285,7 @@ def plot(runs: list[dict[str, Any]], path: Path, target: float) -> None:
             for k_factor in sorted({c.get("k_factor", 0) for c in r["curve"]}):
                 c = [point for point in r["curve"] if point.get("k_factor", 0) == k_factor]
                 label = f"{r['system']}, k_factor {k_factor}" if k_factor else r["system"]
+                label += f", {r['index_bytes'] / GB:.2f} GB"
                 if r.get("n", run["n"]) != run["n"]:
                     label += f" (N = {r['n']:,})"
                 ax.plot([p["p50_ms"] for p in c], [p["recall@10"] for p in c], marker="o", label=label)
@@ -291,6 +294,9 @@ def plot(runs: list[dict[str, Any]], path: Path, target: float) -> None:
                     ax.plot(stored[0]["p50_ms"], stored[0]["recall@10"], marker="*", markersize=14, color="black")
         ax.axhline(target, color="grey", linestyle=":")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([t for t in LATENCY_TICKS_MS if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
         ax.set_xlabel("p50 latency, one query, one thread (ms)")
         ax.set_ylabel("recall@10 (held-out queries)")
         ax.set_title(f"N = {run['n']:,}, D = {run['d']} (peers at {run['peers_n']:,})")
@@ -331,8 +337,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache", help="vectors, queries, truth")
     ap.add_argument("--no-save", action="store_true", help="print only (no benchmarks/results files)")
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="redraw the table and PNG of a saved run, then exit")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        print(markdown(saved["runs"], saved["args"]["target"]))
+        plot(saved["runs"], args.replot.with_suffix(".png"), saved["args"]["target"])
+        return 0
     (ROOT / "benchmarks").mkdir(exist_ok=True)
     runs = []
     for d in (int(v) for v in args.dims.split(",")):

@@ -38,7 +38,7 @@ MIX = (
     ("GetItems", 0.05),
     ("GetIndexInfo", 0.05),
 )
-PROBE_CONNECTIONS = 64  # fresh connections tried, after the load, to reach every worker
+READY_TIMEOUT_SECONDS = 120.0  # every worker must be serving its bundle within this (before and after the load)
 RSS_GROWTH_LIMIT = 0.15  # after warm-up, RSS may grow at most 15 % (plus 32 MB) over the run
 
 
@@ -67,20 +67,25 @@ def publish(root: Path, n: int, d: int, seed: int, tmp: Path) -> str:
     ).build_id
 
 
-def workers_serving(target: str, workers: set[int]) -> dict[int, str]:
-    """Over fresh connections (SO_REUSEPORT spreads them), each worker's process id -> the bundle it serves."""
+def workers_serving(target: str, workers: set[int], timeout: float = READY_TIMEOUT_SECONDS) -> dict[int, str]:
+    """Over fresh connections (SO_REUSEPORT spreads them), each worker's process id -> the bundle it serves, once
+    every worker answers (a worker still loading its bundle answers UNAVAILABLE) or ``timeout`` seconds pass."""
     import grpc
 
     from server._proto import posters_pb2 as pb
     from server._proto import posters_pb2_grpc as pb_grpc
 
     seen: dict[int, str] = {}
-    for _ in range(PROBE_CONNECTIONS):
+    deadline = time.monotonic() + timeout
+    while not set(seen) >= workers and time.monotonic() < deadline:
         with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            info = pb_grpc.PosterSimilarityStub(channel).GetIndexInfo(pb.GetIndexInfoRequest(), timeout=30)
+            try:
+                info = pb_grpc.PosterSimilarityStub(channel).GetIndexInfo(pb.GetIndexInfoRequest(), timeout=30)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                continue
         seen[info.process_id] = info.bundle_version
-        if set(seen) >= workers:
-            break
     return seen
 
 
@@ -130,6 +135,10 @@ def main() -> int:
         time.sleep(0.1)
     target = f"127.0.0.1:{int(port_file.read_text())}"
     proc = psutil.Process(server.pid)
+    # the port file means listening; each worker answers UNAVAILABLE until its bundle is loaded: wait for all
+    expected = {p.pid for p in proc.children()} or {server.pid}
+    if set(workers_serving(target, expected)) != expected:
+        raise SystemExit(f"not every server process served its bundle within {READY_TIMEOUT_SECONDS:.0f} s")
 
     def server_rss_mb() -> float:  # the supervisor and its workers (or the one server process)
         return sum(p.memory_info().rss for p in [proc, *proc.children()]) / 2**20
