@@ -10,10 +10,10 @@ One entry point, ``build_index(vectors, ids, spec)``: it knows nothing of images
   (k x ``k_factor``) are re-ranked against stored SQ8 vectors (``IndexRefine``); D + pq_m/2 bytes. By default
   ``pq_m`` is D/8 (8 dimensions per sub-quantizer), or D/16 when D/8 does not fit the memory budget: at
   1M x 1280 realistic vectors the finer codes rank well enough that k_factor 8-16 reaches recall@10 0.95-0.96
-  at nprobe 32, where D/16 needs k_factor 32 (scripts/bench_scale.py).
+  at nprobe 32, where D/16 needs k_factor 32 (scripts/bench_ivfpq.py, scripts/bench_scale.py).
 - ``hnsw`` / ``hnsw-sq8``: a graph (``hnsw_m`` links, ``ef_construction``), searched with ``ef_search``;
   4·D (or D) + 8·M bytes.
-- ``auto``: flat for small catalogs, else the fastest family that fits ``memory_budget`` (see ``choose``).
+- ``auto``: flat for small catalogs, else the first IVF family that fits ``memory_budget`` (see ``choose``).
 
 Search parameters (nprobe, ef_search, k_factor) are tuned at build time to the lowest setting reaching
 ``target_recall`` (recall@10 against exact search) on **held-out** queries: a seeded sample of the vectors

@@ -103,6 +103,10 @@ def table_from_index(
         block = np.ascontiguousarray(vectors[start : start + BLOCK_ROWS])
         scores, found = search(block, k_eff + 1)
         _store_without_self(out_ids, out_scores, start, ids, found, scores)
+    # A compressed index scores against its reconstruction (SQ8 re-ranking: cosine + a quantization error of up to
+    # ~0.01), so a near-duplicate can score above 1: the table stores cosines, clipped to [-1, 1] (a 1M x 1280
+    # ivf-pq build failed its pre-publish check on scores of 1.00x before this). The order is unchanged.
+    np.clip(out_scores, -1.0, 1.0, out=out_scores)
     short = np.flatnonzero((out_ids < 0).any(axis=1))
     if len(short):  # the probed lists held fewer than k + 1 items (small catalogs): those rows exactly
         log.info("%d rows of the neighbour table completed by exact search", len(short))

@@ -183,6 +183,21 @@ def test_neighbour_table_with_foreign_ids_or_wrong_dtype_is_refused(tmp_path: Pa
     _assert_refused(path, "neighbour table expected int64 ids")
 
 
+def test_neighbour_scores_outside_cosine_range_or_not_finite_are_refused(tmp_path: Path) -> None:
+    _, path = _precomputed_root(tmp_path)
+    good = np.load(path / "neighbour_scores.npy")
+    over = good.copy()
+    over[1, 0] = 1.003
+    np.save(path / "neighbour_scores.npy", over)
+    _reseal(path)
+    _assert_refused(path, "scores expected cosines in .*, got values from .* to 1.003")
+    nan = good.copy()
+    nan[2, 1] = np.nan
+    np.save(path / "neighbour_scores.npy", nan)
+    _reseal(path)
+    _assert_refused(path, "scores expected finite cosines, got 1 NaN/inf")
+
+
 def test_copied_bundle_is_refused_by_its_build_id(tmp_path: Path) -> None:
     root, path = _precomputed_root(tmp_path)
     copy = root / "builds" / "29990101T000000.000000Z-copied"

@@ -15,6 +15,7 @@ from indexer import bundle as bundles
 from indexer.build import BuildConfig, build
 from indexer.errors import BuildError
 from indexer.index import IndexSpec, build_index, choose, kind_of, memory_estimate, pq_m_for, recall_at_k
+from indexer.neighbours import table_from_index
 from indexer.precomputed import PrecomputedConfig
 from server.errors import InvalidArgument
 from server.searcher import Searcher
@@ -138,6 +139,25 @@ def test_per_request_parameters_change_the_search(served, data) -> None:
         hnsw.search_vector(q[0], SearchOptions(ef_search=-1))
     with pytest.raises(InvalidArgument, match="k_factor expected"):
         pq.search_vector(q[0], SearchOptions(k_factor=10_000))
+
+
+def test_neighbour_table_from_a_compressed_index_stores_cosines_within_range() -> None:
+    """SQ8 re-ranking scores a near-duplicate against its reconstruction, which can exceed 1 (a 1M x 1280 ivf-pq
+    build failed its pre-publish check on that): the table clips to [-1, 1] and keeps the order."""
+    x = clustered_vectors(300, 8, seed=5)
+    ids = np.arange(300, dtype=np.int64) + 10
+
+    def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # an index whose scores overshoot by 1 %
+        scores = q @ x.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, 1) * 1.01, ids[top]
+
+    nids, nscores, recall = table_from_index(None, search, x, ids, 5)
+    exact = x @ x.T
+    np.fill_diagonal(exact, -np.inf)
+    assert recall == 1.0 and (nids == ids[np.argsort(-exact, axis=1, kind="stable")[:, :5]]).all()
+    assert nscores.max() <= 1.0 and nscores.min() >= -1.0 and (np.diff(nscores, axis=1) <= 0).all()
+    assert (nscores == 1.0).any()  # the overshoot was there to clip
 
 
 def test_neighbour_table_from_the_index_states_its_recall(served, data) -> None:

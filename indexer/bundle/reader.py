@@ -246,8 +246,14 @@ def _read_neighbours(bundle_dir: Path, manifest: Manifest, items: pd.DataFrame) 
         raise BundleError(f"{bundle_dir / NEIGHBOUR_IDS}: holds ids that are not items: {unknown[:5].tolist()}")
     if (nids == item_ids[:, None]).any():
         raise BundleError(f"{bundle_dir / NEIGHBOUR_IDS}: an item is listed as its own neighbour")
-    if not np.isfinite(nscores).all() or np.abs(nscores).max(initial=0) > 1 + SCORE_TOLERANCE:
-        raise BundleError(f"{bundle_dir / NEIGHBOUR_SCORES}: scores expected finite cosines in [-1, 1]")
+    if not np.isfinite(nscores).all():
+        bad = int((~np.isfinite(nscores)).sum())
+        raise BundleError(f"{bundle_dir / NEIGHBOUR_SCORES}: scores expected finite cosines, got {bad} NaN/inf")
+    if np.abs(nscores).max(initial=0) > 1 + SCORE_TOLERANCE:
+        raise BundleError(
+            f"{bundle_dir / NEIGHBOUR_SCORES}: scores expected cosines in [-1, 1], "
+            f"got values from {float(nscores.min()):.6f} to {float(nscores.max()):.6f}"
+        )
     return nids, nscores
 
 
