@@ -190,7 +190,7 @@ def worker_grpc(n: int, d: int, queries: int, root: str, data: str) -> dict:
         vecs = [held[i % HELD_OUT].tolist() for i in range(queries + 20)]
         opts = SearchOptions(k=K)
         with PosterClient(target) as c:
-            c.health()
+            c.wait_until_serving(timeout=300)  # listening comes first; the bundle loads after
             check = health_pb2.HealthCheckRequest(service="")
             out = {
                 "method": "grpc",

@@ -125,6 +125,12 @@ def main() -> int:
         "3600",
         "--processes",
         str(args.processes),
+        # admission sized for the clients (a worker may get most connections): what is measured is whether
+        # requests fail under load and across the reload, not the designed RESOURCE_EXHAUSTED back-pressure
+        "--workers",
+        str(args.clients),
+        "--batch-slots",
+        str(args.clients),
     ]
     server_log = (tmp / "server.log").open("w")  # closed after the server exits (end of main)
     server = subprocess.Popen(server_cmd, cwd=ROOT, stderr=server_log)
