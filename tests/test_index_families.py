@@ -212,3 +212,42 @@ def test_ef_search_and_k_factor_travel_over_grpc(tmp_path: Path, data) -> None:
             with pytest.raises(grpc.RpcError) as err:
                 s.client.vector(q[0].tolist(), SearchOptions(k=K, **{field: 100_000}))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and f"{field} expected" in err.value.details()
+
+
+def test_ivf_pq_candidates_are_timed_in_interleaved_rounds_and_judged_by_median(monkeypatch) -> None:
+    """A spike in one timing must not pick the slower (nprobe, k_factor): the pairs are timed in turn, per round."""
+    import indexer.index as index_module
+
+    fast, slow = index_module._Knobs(nprobe=32, k_factor=16), index_module._Knobs(nprobe=64, k_factor=8)
+    timings = {fast: iter([5.0, 0.6, 0.55]), slow: iter([0.8, 0.82, 0.81])}  # fast's first timing is a spike
+    calls: list[index_module._Knobs] = []
+
+    def fake_latency(index, kind, q, knobs):
+        calls.append(knobs)
+        return next(timings[knobs])
+
+    monkeypatch.setattr(index_module, "_latency_ms", fake_latency)
+    medians = index_module._interleaved_latency_ms(None, "ivf-pq", np.zeros((1, 2), np.float32), [fast, slow])
+    assert calls == [fast, slow] * index_module.LATENCY_ROUNDS  # in turn, round after round
+    assert medians == [0.6, 0.81] and int(np.argmin(medians)) == 0
+
+
+def test_ivf_pq_tuning_keeps_the_fastest_pair_despite_a_spike_in_one_timing(data, monkeypatch) -> None:
+    import indexer.index as index_module
+
+    x, ids, _ = data
+    spec = IndexSpec(kind="ivf-pq", target_recall=0.97, nlist=64, seed=3)
+    built = build_index(x, ids, spec)  # a real index; its tuning is redone below under controlled timings
+    held = np.random.default_rng(0).choice(N, size=200, replace=False)
+    truth = _truth(x, ids, x[held])
+    timed: list[index_module._Knobs] = []
+
+    def fake_latency(index, kind, q, knobs):  # fewer lists = faster; the very first timing is a spike
+        timed.append(knobs)
+        return knobs.nprobe * (100.0 if len(timed) == 1 else 1.0)
+
+    monkeypatch.setattr(index_module, "_latency_ms", fake_latency)
+    knobs, recall = index_module._tune(built.index, "ivf-pq", 64, x[held], truth, spec)
+    candidates = sorted({k.nprobe for k in timed})
+    assert len(candidates) >= 2, "needs two (nprobe, k_factor) pairs reaching the target to mean anything"
+    assert recall >= spec.target_recall and knobs.nprobe == candidates[0]
