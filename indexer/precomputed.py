@@ -36,6 +36,7 @@ ID_COLUMN = "item_id"
 ID_SUFFIXES = (".npy", ".txt", ".csv")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SHOWN_CHARS = 40
+CHECK_BLOCK_ROWS = 65_536  # rows checked at a time for NaN/Inf and range (bounded temporaries)
 # what reading a hostile or foreign file raises (numpy: ValueError/EOFError; npz: BadZipFile; pyarrow: subclasses)
 _READ_ERRORS = (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, ImportError)
 
@@ -266,12 +267,7 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
                 )
             )
     keep[list(raw.bad_rows)] = False
-    if vectors.dtype.kind == "f":
-        with np.errstate(invalid="ignore"):
-            finite = np.isfinite(vectors).all(axis=1)
-            in_range = (np.abs(np.where(np.isfinite(vectors), vectors, 0)) <= FLOAT32_MAX).all(axis=1)
-    else:  # integers always fit float32's range
-        finite = in_range = np.ones(len(vectors), bool)
+    finite, in_range = _row_checks(vectors)
     for pos in np.flatnonzero(keep & ~finite).tolist():
         problems.append(Problem(int(ids[pos]), str(config.vectors), "precomputed", "vector has NaN or Inf values"))
     for pos in np.flatnonzero(keep & finite & ~in_range).tolist():
@@ -295,4 +291,20 @@ def load_precomputed(config: PrecomputedConfig) -> tuple[np.ndarray, np.ndarray,
             )
         )
     keep &= first_kept
-    return ids[keep], vectors[keep].astype(np.float32), problems
+    if keep.all():  # the usual case: no copy of a float32 input (1M x 1280 is 5 GB)
+        return ids, vectors.astype(np.float32, copy=False), problems
+    return ids[keep], vectors[keep].astype(np.float32, copy=False), problems
+
+
+def _row_checks(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(finite, within float32's range) per row, computed in blocks: the temporaries stay a block's size."""
+    finite = np.ones(len(vectors), bool)
+    in_range = np.ones(len(vectors), bool)
+    if vectors.dtype.kind != "f":  # integers always fit float32's range
+        return finite, in_range
+    for start in range(0, len(vectors), CHECK_BLOCK_ROWS):
+        block = vectors[start : start + CHECK_BLOCK_ROWS]
+        ok = np.isfinite(block)
+        finite[start : start + len(block)] = ok.all(axis=1)
+        in_range[start : start + len(block)] = (np.abs(np.where(ok, block, 0)) <= FLOAT32_MAX).all(axis=1)
+    return finite, in_range

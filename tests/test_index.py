@@ -120,3 +120,29 @@ def test_ivf_recall_on_20k_clustered_precomputed(tmp_path: Path) -> None:
     recall = recall_at_k(found, ids[truth_rows])
     assert recall >= 0.95, (recall, b.manifest.index)
     assert b.manifest.index.nprobe < b.manifest.index.nlist  # it is really approximate
+
+
+def test_precomputed_rows_with_nan_inf_or_beyond_float32_are_reported_across_check_blocks(tmp_path, monkeypatch):
+    """Rows are checked in blocks (bounded temporaries for a 1M x 1280 input); each bad row is reported and dropped
+    whichever block it falls in, and a clean float32 input comes back as it is."""
+    import indexer.precomputed as precomputed
+
+    monkeypatch.setattr(precomputed, "CHECK_BLOCK_ROWS", 4)
+    x = np.random.default_rng(3).normal(size=(11, 6))
+    x[2, 1] = 1e39  # fits float64, not float32
+    x[5, 0] = np.nan
+    x[9, 4] = -np.inf
+    np.save(tmp_path / "v.npy", x)
+    np.save(tmp_path / "ids.npy", np.arange(100, 111))
+    ids, vectors, problems = precomputed.load_precomputed(PrecomputedConfig(tmp_path / "v.npy", tmp_path / "ids.npy"))
+    assert ids.tolist() == [i for i in range(100, 111) if i not in (102, 105, 109)]
+    assert vectors.dtype == np.float32 and np.array_equal(
+        vectors, x[[r for r in range(11) if r not in (2, 5, 9)]].astype(np.float32)
+    )
+    reasons = {p.item_id: p.reason for p in problems}
+    assert "float32 range" in reasons[102] and "NaN or Inf" in reasons[105] and "NaN or Inf" in reasons[109]
+    clean = np.random.default_rng(4).normal(size=(9, 6)).astype(np.float32)
+    np.save(tmp_path / "c.npy", clean)
+    np.save(tmp_path / "cids.npy", np.arange(9))
+    _, loaded, none = precomputed.load_precomputed(PrecomputedConfig(tmp_path / "c.npy", tmp_path / "cids.npy"))
+    assert not none and np.array_equal(loaded, clean)
