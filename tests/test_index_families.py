@@ -251,3 +251,45 @@ def test_ivf_pq_tuning_keeps_the_fastest_pair_despite_a_spike_in_one_timing(data
     candidates = sorted({k.nprobe for k in timed})
     assert len(candidates) >= 2, "needs two (nprobe, k_factor) pairs reaching the target to mean anything"
     assert recall >= spec.target_recall and knobs.nprobe == candidates[0]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivf-sq8"])
+def test_ivf_table_list_by_list_equals_the_index_searched_per_item(data, kind: str) -> None:
+    """The BLAS list-by-list table holds, for every item, what its own search at the stored nprobe finds among
+    the same probed lists, scored exactly — the item itself excluded by id, best first."""
+    import faiss
+
+    from indexer.neighbours import table_from_ivf_lists
+
+    x, ids, _ = data
+    built = build_index(x, ids, IndexSpec(kind=kind, nlist=60, nprobe=3, seed=2))
+    ivf = faiss.extract_index_ivf(built.index)
+    k = 15
+    nids, nscores, recall = table_from_ivf_lists(ivf, 3, x, ids, k)
+    # the oracle: each item's exact scores over the members of the lists its vector probes, top k without itself
+    _, probes = ivf.quantizer.search(x, 3)
+    members = {lst: set(stored.tolist()) for lst, stored in enumerate(_lists(ivf))}
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    for row in range(0, N, 97):
+        pool = np.array(sorted(set().union(*(members[int(lst)] for lst in probes[row])) - {int(ids[row])}))
+        sims = x[[row_of[int(i)] for i in pool]] @ x[row]
+        best = np.argsort(-sims, kind="stable")[:k]
+        assert (
+            set(nids[row].tolist()) == set(pool[best].tolist())
+            or np.isclose(np.sort(nscores[row]), np.sort(sims[best]), atol=1e-6).all()
+        ), row  # equal sets, or ties at the k-th score
+        np.testing.assert_allclose(nscores[row], sims[best], atol=1e-5)  # exact scores, best first
+        assert ids[row] not in nids[row]
+    assert 0.5 < recall <= 1.0
+
+
+def _lists(ivf) -> list[np.ndarray]:
+    import faiss
+
+    out = []
+    for lst in range(ivf.nlist):
+        size = ivf.invlists.list_size(lst)
+        ptr = ivf.invlists.get_ids(lst)
+        out.append(faiss.rev_swig_ptr(ptr, size).copy() if size else np.zeros(0, np.int64))
+        ivf.invlists.release_ids(lst, ptr)
+    return out
