@@ -146,7 +146,9 @@ def test_ray_vectors_equal_the_local_path(catalog: Path, local_out: Path, ray_ou
             lite_embedder.describe(), spec_key(lite_embedder.spec)
         )
     workers = _summary(ray_out)["workers"]
-    assert len(workers) == RAY_ACTORS, f"expected both actors to embed, got {workers}"
+    # which actor gets the 4 batches is Ray's scheduling: one that is ready seconds before the other may take them
+    # all (seen in CI under load); scripts/bench_embed_ray.py shows 2 actors sharing a larger job
+    assert 1 <= len(workers) <= RAY_ACTORS, f"expected at most {RAY_ACTORS} actors to embed, got {workers}"
     assert sum(workers.values()) == COUNT - 1  # every poster the catalog found went through an actor
 
 
@@ -211,7 +213,11 @@ def test_cache_import_then_a_build_embeds_nothing(catalog: Path, ray_out: Path, 
         stored = cache.items()
     assert set(stored) == {key for key, _ in rows.values()}  # COPY and ORIGINAL share one entry
     for key, vector in rows.values():
-        np.testing.assert_array_equal(stored[key], vector)
+        # COPY and ORIGINAL (one key) may come from different batches, whose float results differ in the last
+        # bits: the cache keeps one of them
+        np.testing.assert_allclose(stored[key], vector, rtol=0, atol=1e-5)
+    for key in stored:
+        assert any(np.array_equal(stored[key], v) for k, v in rows.values() if k == key)
     assert recall_model(cache_path, made_by.spec_key) == made_by.description  # a build need not load the model
     # no embedder is passed: the build finds the remembered model description and every vector in the cache
     report = build(
