@@ -93,10 +93,8 @@ def table_from_index(
     O(N x one query) instead of the exact table's N x N scan: what makes a 1M catalog's table feasible. The
     recall is measured against exact search (the item excluded) on ``sample`` seeded rows.
     """
-    n = len(vectors)
-    k_eff = max(0, min(k, n - 1))
-    out_ids = np.full((n, k_eff), -1, np.int64)
-    out_scores = np.zeros((n, k_eff), np.float32)
+    out_ids, out_scores = _empty_table(len(vectors), k)
+    n, k_eff = out_ids.shape
     if k_eff == 0:
         return out_ids, out_scores, 1.0
     for start in tqdm(range(0, n, BLOCK_ROWS), desc="neighbour table (index)", unit="block", disable=not progress):
@@ -128,10 +126,8 @@ def table_from_ivf_lists(
     exact scores — but at BLAS speed: one query at a time, IVF scans each list with vector-by-vector kernels
     (60k x 1280 at nprobe 16: the table took longer than the exact all-pairs pass).
     """
-    n = len(vectors)
-    k_eff = max(0, min(k, n - 1))
-    out_ids = np.full((n, k_eff), -1, np.int64)
-    out_scores = np.zeros((n, k_eff), np.float32)
+    out_ids, out_scores = _empty_table(len(vectors), k)
+    n, k_eff = out_ids.shape
     if k_eff == 0:
         return out_ids, out_scores, 1.0
     nprobe = max(1, min(nprobe, ivf.nlist))
@@ -165,6 +161,12 @@ def table_from_ivf_lists(
     _store_without_self(out_ids, out_scores, 0, ids, found, best_scores)
     np.clip(out_scores, -1.0, 1.0, out=out_scores)  # exact float32 products: only rounding can pass 1
     return out_ids, out_scores, _complete_and_measure(vectors, ids, out_ids, out_scores, sample, seed)
+
+
+def _empty_table(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids filled with -1, scores 0) of shape (n, min(k, n - 1)): an item is never its own neighbour."""
+    k_eff = max(0, min(k, n - 1))
+    return np.full((n, k_eff), -1, np.int64), np.zeros((n, k_eff), np.float32)
 
 
 def _row_lookup(ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
