@@ -7,6 +7,7 @@ reader can check an index against its manifest without an import cycle.
 from __future__ import annotations
 
 import faiss
+import numpy as np
 
 BUILT_KINDS = ("flat", "ivf", "ivf-sq8", "ivf-fp16", "ivf-pq", "hnsw", "hnsw-sq8")
 IVF_KINDS = ("ivf", "ivf-sq8", "ivf-fp16", "ivf-pq")
@@ -32,3 +33,15 @@ def kind_of(index: faiss.Index) -> str:
             qtype, f"ivf-sq{qtype}"
         )
     return "ivf"
+
+
+def list_ids(ivf: faiss.IndexIVF, lst: int) -> np.ndarray:
+    """The ids stored in one inverted list of ``ivf`` (int64, a copy)."""
+    size = ivf.invlists.list_size(lst)
+    if not size:
+        return np.zeros(0, np.int64)
+    ptr = ivf.invlists.get_ids(lst)
+    try:
+        return faiss.rev_swig_ptr(ptr, size).astype(np.int64, copy=True)
+    finally:
+        ivf.invlists.release_ids(lst, ptr)

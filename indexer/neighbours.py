@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.index import exact_search
+from indexer.index_kinds import list_ids
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,8 @@ def neighbour_table(
     Each row excludes the item itself by id and is sorted by score, best first.
     """
     n, d = vectors.shape
-    k_eff = max(0, min(k, n - 1))
-    out_ids = np.full((n, k_eff), -1, np.int64)
-    out_scores = np.zeros((n, k_eff), np.float32)
+    out_ids, out_scores = _empty_table(n, k)
+    k_eff = out_ids.shape[1]
     if k_eff == 0:
         return out_ids, out_scores
     flat = faiss.IndexFlatIP(d)
@@ -143,7 +143,7 @@ def table_from_ivf_lists(
     best_rows = np.full((n, k_eff + 1), -1, np.int64)
     for lst in tqdm(range(ivf.nlist), desc="neighbour table (IVF lists)", unit="list", disable=not progress):
         queries = order[bounds[lst] : bounds[lst + 1]] // nprobe
-        members = row_of_id(_list_ids(ivf, lst))
+        members = row_of_id(list_ids(ivf, lst))
         if len(queries) == 0 or len(members) == 0:
             continue
         member_vectors = np.ascontiguousarray(vectors[members])
@@ -173,17 +173,6 @@ def _row_lookup(ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     return lambda wanted: order[np.searchsorted(sorted_ids, wanted)]
-
-
-def _list_ids(ivf: faiss.IndexIVF, lst: int) -> np.ndarray:
-    size = ivf.invlists.list_size(lst)
-    if not size:
-        return np.zeros(0, np.int64)
-    ptr = ivf.invlists.get_ids(lst)
-    try:
-        return faiss.rev_swig_ptr(ptr, size).astype(np.int64, copy=True)
-    finally:
-        ivf.invlists.release_ids(lst, ptr)
 
 
 def _complete_and_measure(

@@ -37,7 +37,7 @@ from indexer.bundle.layout import (
 from indexer.bundle.manifest import Manifest, manifest_digest, parse_manifest
 from indexer.errors import BundleError
 from indexer.hashing import file_sha256
-from indexer.index_kinds import kind_of
+from indexer.index_kinds import kind_of, list_ids
 from indexer.transform import Whitening, read_whitening
 
 log = logging.getLogger(__name__)
@@ -206,15 +206,8 @@ def stored_ids(index: faiss.Index) -> np.ndarray:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
         raise BundleError(f"index type {type(index).__name__} does not store item ids")
-    invlists = ivf.invlists
-    parts = []
-    for lst in range(ivf.nlist):
-        size = invlists.list_size(lst)
-        if size:
-            ptr = invlists.get_ids(lst)
-            parts.append(faiss.rev_swig_ptr(ptr, size).copy())
-            invlists.release_ids(lst, ptr)
-    return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
+    parts = [list_ids(ivf, lst) for lst in range(ivf.nlist)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _check_index_ids(index: faiss.Index, items: pd.DataFrame, path: Path) -> None:
